@@ -1,0 +1,1 @@
+"""prefopt.data: dataset adapters for pairwise and K-wise preference data."""
