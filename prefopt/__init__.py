@@ -1,6 +1,28 @@
 """prefopt: preference optimisation for language models.
 
-The loss registry lives in `prefopt.losses`, dataset adapters in `prefopt.data`.
+    from prefopt import Trainer, PrefOptConfig      # drop-in for trl.DPOTrainer / trl.DPOConfig
+    from prefopt.losses import get_loss, list_losses, LogProbs, register_loss
+    from prefopt.data import load_preferences
+
+Heavy modules (trl, transformers) are imported on first use, so `import prefopt.losses` stays light.
 """
 
+from importlib import import_module
+
 __version__ = "0.1.0"
+
+# public name -> module that defines it (imported lazily on first attribute access)
+_LAZY = {
+    "Trainer": "prefopt.trainer",
+    "PrefOptConfig": "prefopt.config",
+    "load_model": "prefopt.models",
+    "default_model": "prefopt.models",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'prefopt' has no attribute {name!r}")
