@@ -7,15 +7,43 @@ Importing this package registers every built-in loss (one module each, below).
 """
 
 from ._batch import LOGPROBS_FIELDS, LogProbs
+from ._combine import WeightedLoss, combine_losses
 from ._registry import LossSpec, get_loss, list_losses, register_loss, unregister_loss
 
-# Built-in losses register themselves on import; the order here is irrelevant.
-from . import dpo  # noqa: E402,F401  isort: skip
+# Built-in losses register themselves on import (one module each).
+from . import (  # noqa: E402,F401  isort: skip
+    aot,
+    aot_unpaired,
+    apo_down,
+    apo_zero,
+    bco_pair,
+    bvpo,
+    cdpo,
+    cdr,
+    discopop,
+    dpo,
+    exo_pair,
+    fdpg,
+    hinge,
+    inpo,
+    ipo,
+    nca_pair,
+    plackett_luce,
+    rdpo,
+    rpo,
+    sft,
+    sigmoid_norm,
+    simpo,
+    sppo_hard,
+    vpo,
+)
 
 __all__ = [
     "LOGPROBS_FIELDS",
     "LogProbs",
     "LossSpec",
+    "WeightedLoss",
+    "combine_losses",
     "get_loss",
     "list_losses",
     "register_loss",

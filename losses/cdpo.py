@@ -1,0 +1,28 @@
+"""cDPO: conservative DPO, i.e. DPO with label smoothing.
+
+Source: Mitchell (2023). "A note on DPO with noisy preferences & relationship to IPO" (technical
+note, no arXiv id). If a label is flipped with probability eps, the expected DPO loss under the
+smoothed target is
+
+    L = -(1 - eps) log sigma(beta h) - eps log sigma(-beta h),   h = (pc - rc) - (pr - rr)
+
+Defaults: beta = 0.1, epsilon = 0.1. epsilon must lie in [0, 0.5]; eps = 0 is DPO. Unlike rDPO this
+loss is *not* unbiased under flips (it shrinks the optimal margin instead). TRL 1.16's ``sigmoid``
+ignores ``label_smoothing``, so TRL has no equivalent.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._batch import LogProbs
+from ._common import dpo_margin, smoothed_sigmoid_loss
+from ._registry import register_loss
+
+
+@register_loss("cdpo", paper="Mitchell 2023, A note on DPO with noisy preferences & relationship to IPO")
+def cdpo(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.1) -> torch.Tensor:
+    """-(1-eps) log sigma(beta h) - eps log sigma(-beta h): DPO against labels smoothed by eps."""
+    if not 0.0 <= epsilon <= 0.5:
+        raise ValueError(f"loss 'cdpo': epsilon is a label-flip probability and must lie in [0, 0.5], got {epsilon}")
+    return smoothed_sigmoid_loss(dpo_margin(batch), beta, epsilon)  # label-smoothed Eq. 7 (Mitchell 2023)
