@@ -1,0 +1,163 @@
+"""`PrefOptConfig`: `trl.DPOConfig` plus the choice of a registered loss (or a weighted combination).
+
+    from prefopt import PrefOptConfig
+    args = PrefOptConfig("out", loss="rdpo", loss_kwargs={"epsilon": 0.2}, beta=0.1)
+    args = PrefOptConfig("out", loss=[("dpo", 1.0), ("sft", 0.5)])       # weighted combination
+    args = PrefOptConfig("out", loss="dpo:1.0,sft:0.5")                   # the same, command-line form
+
+The allowed names and the help text are read from the loss registry when this module is imported, so
+they never go stale; validation in ``__post_init__`` reads the registry again (losses registered later
+in a notebook are accepted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import DPOConfig
+
+from prefopt.losses import get_loss, list_losses
+
+# DPOConfig fields that TRL passes to its losses, and the registry hyper-parameter names they fill
+# when the loss is chosen through TRL's `loss_type` (i.e. `loss` is left unset).
+_TRL_FIELD_TO_HYPERPARAMETERS = {
+    "label_smoothing": ("epsilon", "label_smoothing"),
+    "discopop_tau": ("tau", "discopop_tau"),
+}
+
+
+def _default_cache_dir() -> str:
+    root = os.environ.get("PREFOPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "prefopt")
+    return os.path.join(root, "ref_logps")
+
+
+def _loss_help() -> str:
+    entries = []
+    for name in list_losses():
+        spec = get_loss(name)
+        trl = f", TRL loss_type {spec.trl_name!r}" if spec.trl_name else ""
+        entries.append(f"`{name}` ({spec.summary}{trl})")
+    return (
+        "Registered prefopt loss to train with, or a weighted combination: in Python a list of (name, weight) "
+        "pairs, on the command line 'name:weight,name:weight' (e.g. 'dpo:1.0,sft:0.5'; a missing weight is 1.0). "
+        "When unset, TRL's `loss_type`/`loss_weights` are mapped to the registered losses with the same TRL name "
+        "(and `label_smoothing` fills `epsilon`). Registered losses: " + "; ".join(entries) + "."
+    )
+
+
+def parse_loss(loss: Any) -> tuple[tuple[str, float], ...]:
+    """Normalise ``loss`` ("dpo", "dpo:1,sft:0.5", ["dpo", ("sft", 0.5)]) to ((name, weight), ...), validated."""
+    if isinstance(loss, str):
+        items = [part.strip() for part in loss.split(",") if part.strip()]
+        parsed = []
+        for item in items:
+            name, _, weight = item.partition(":")
+            try:
+                parsed.append((name.strip(), float(weight) if weight.strip() else 1.0))
+            except ValueError:
+                raise ValueError(f"loss {loss!r}: weight {weight!r} of {name!r} is not a number") from None
+    elif isinstance(loss, (list, tuple)):
+        parsed = []
+        for item in loss:
+            if isinstance(item, str):
+                parsed.append((item, 1.0))
+            elif isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str):
+                parsed.append((item[0], float(item[1])))
+            else:
+                raise ValueError(f"loss entries must be a name or a (name, weight) pair, got {item!r}")
+    else:
+        raise TypeError(f"loss must be a name, 'name:weight,...' or a list of (name, weight), got {type(loss).__name__}")
+    if not parsed:
+        raise ValueError(f"loss {loss!r} names no loss")
+    names = [name for name, _ in parsed]
+    for name in names:
+        get_loss(name)  # raises a ValueError listing the registered losses
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"loss {loss!r} names {duplicates} more than once; give each loss once with its total weight")
+    return tuple(parsed)
+
+
+@dataclass
+class PrefOptConfig(DPOConfig):
+    """`trl.DPOConfig` with a loss chosen from the prefopt registry.
+
+    Added fields:
+        loss: registered loss name, a list of (name, weight), or 'name:weight,...'. Unset: mapped from TRL's
+            `loss_type` / `loss_weights` through each spec's `trl_name` (so a TRL config works unchanged).
+        loss_kwargs: hyper-parameters of the loss. Flat keys are shared by every component of a combination that
+            accepts them; a key equal to a component's name holds that component's own dict. `beta` defaults to
+            `args.beta` for every loss that has a `beta` hyper-parameter.
+        ref_logps_cache_dir: where `precompute_ref_log_probs=True` stores reference log-probs, keyed by a fingerprint
+            of the reference weights, the tokenised data and the truncation settings.
+    """
+
+    loss: str | None = field(default=None, metadata={"help": _loss_help()})
+    loss_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Hyper-parameters of the loss as a dict (JSON on the command line), e.g. '{\"epsilon\": 0.2}'. "
+            "For a combination, a key naming a component holds that component's dict, e.g. "
+            "'{\"sft\": {...}}'; other keys go to every component accepting them. `beta` defaults to `beta`."
+        },
+    )
+    ref_logps_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory for reference log-probs precomputed with `precompute_ref_log_probs=True`, reused by "
+            "any later run (any loss) on the same reference weights, tokenised data and truncation settings. "
+            "Default: $PREFOPT_CACHE/ref_logps or ~/.cache/prefopt/ref_logps."
+        },
+    )
+
+    def __post_init__(self):
+        if isinstance(self.loss_kwargs, str):
+            self.loss_kwargs = json.loads(self.loss_kwargs) if self.loss_kwargs.strip() else None
+        super().__post_init__()
+        if self.ref_logps_cache_dir is None:
+            self.ref_logps_cache_dir = _default_cache_dir()
+        self.loss_hyperparameters()  # validates names, weights and hyper-parameters now, not at the first step
+
+    def loss_components(self) -> tuple[tuple[str, float], ...]:
+        """The (name, weight) pairs to train with, from `loss` or else from TRL's `loss_type`/`loss_weights`."""
+        if self.loss is not None:
+            return parse_loss(self.loss)
+        by_trl_name = {get_loss(name).trl_name: name for name in list_losses() if get_loss(name).trl_name}
+        weights = self.loss_weights or [1.0] * len(self.loss_type)
+        components = []
+        for loss_type, weight in zip(self.loss_type, weights, strict=True):
+            if loss_type not in by_trl_name:
+                raise ValueError(
+                    f"TRL loss_type {loss_type!r} has no registered prefopt equivalent (registered TRL names: "
+                    f"{sorted(by_trl_name)}); set `loss` to one of: {', '.join(list_losses())}"
+                )
+            components.append((by_trl_name[loss_type], float(weight)))
+        return parse_loss(components)
+
+    def loss_hyperparameters(self) -> dict[str, dict[str, Any]]:
+        """Resolved hyper-parameters of every component, by loss name (validated by each spec)."""
+        components = self.loss_components()
+        names = [name for name, _ in components]
+        kwargs = dict(self.loss_kwargs or {})
+        own = {name: dict(kwargs.pop(name)) for name in names if isinstance(kwargs.get(name), dict)}
+        for key in kwargs:
+            if not any(key in get_loss(name).hyperparameters for name in names):
+                accepted = {name: sorted(get_loss(name).hyperparameters) for name in names}
+                raise TypeError(f"loss_kwargs key {key!r} is accepted by no loss in {names}; they accept {accepted}")
+        resolved = {}
+        for name in names:
+            spec = get_loss(name)
+            given = {key: value for key, value in kwargs.items() if key in spec.hyperparameters}
+            if self.loss is None:  # TRL-style config: TRL's own fields feed the matching hyper-parameters
+                for trl_field, candidates in _TRL_FIELD_TO_HYPERPARAMETERS.items():
+                    for candidate in candidates:
+                        if candidate in spec.hyperparameters and candidate not in given:
+                            given[candidate] = getattr(self, trl_field)
+            given.update(own.get(name, {}))
+            if "beta" in spec.hyperparameters:
+                given.setdefault("beta", self.beta)
+            resolved[name] = spec.resolve_hyperparameters(**given)
+        return resolved
