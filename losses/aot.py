@@ -1,7 +1,7 @@
 """AOT (paired): alignment via optimal transport, first-order stochastic dominance of the margins.
 
 Paper: Melnyk, Mroueh, Belgodere, Rigotti, Nitsure, Yurochkin, Greenewald, Navratil, Ross (2024).
-"Distributional Preference Alignment of LLMs via Optimal Transport". arXiv:2406.05882. As TRL 1.16
+"Distributional Preference Alignment of LLMs via Optimal Transport". arXiv:2406.05882, Sec. 3. As TRL 1.16
 ``loss_type="aot"``: sort the policy log-ratios pc - pr and the reference log-ratios rc - rr
 *across the batch* independently, pair them by rank, and apply (label-smoothed) DPO to the sorted
 differences:

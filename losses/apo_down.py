@@ -20,7 +20,8 @@ from ._registry import register_loss
 
 @register_loss(
     "apo_down",
-    paper="D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive Revisions",
+    paper="D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive Revisions: Addressing "
+    "Underspecification in Alignment",
     arxiv="2408.06266",
     trl_name="apo_down",
 )

@@ -1,6 +1,6 @@
 """BCO (pairwise): binary classifier optimisation on implicit rewards.
 
-Paper: Jung, Han, Kim, Lee, Hwang, Oh (2024). "Binary Classifier Optimization for Large Language
+Paper: Jung, Han, Nam, On (2024). "Binary Classifier Optimization for Large Language
 Model Alignment". arXiv:2404.04656. The chosen response is a positive and the rejected one a
 negative for a logistic classifier whose logit is the implicit reward shifted by delta:
 

@@ -1,6 +1,7 @@
 """BVPO: bias-variance optimised preference optimisation for reasoning models.
 
-Paper: "Bias-Variance Optimized Preference Optimization" (2025), arXiv:2510.05095. A reasoning
+Paper: Zhu, Chen, Yu, Zhao, Jia (2025). "From Noisy Traces to Stable Gradients: Bias-Variance Optimized
+Preference Optimization for Aligning Large Reasoning Models". arXiv:2510.05095. A reasoning
 model's response is (trace, answer). The trace view scores trace + answer jointly (low bias, high
 variance: traces are long and random); the empty-trace view scores answers produced and scored with
 the thinking block present but empty (biased, low variance). BVPO mixes the two DPO gradients:
@@ -24,7 +25,8 @@ from ._registry import register_loss
 
 @register_loss(
     "bvpo",
-    paper="2025, Bias-Variance Optimized Preference Optimization",
+    paper="Zhu et al. 2025, From Noisy Traces to Stable Gradients: Bias-Variance Optimized Preference "
+    "Optimization for Aligning Large Reasoning Models",
     arxiv="2510.05095",
     requires=("empty_policy", "empty_reference"),
 )

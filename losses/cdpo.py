@@ -1,7 +1,7 @@
 """cDPO: conservative DPO, i.e. DPO with label smoothing.
 
 Source: Mitchell (2023). "A note on DPO with noisy preferences & relationship to IPO" (technical
-note, no arXiv id). If a label is flipped with probability eps, the expected DPO loss under the
+note, no arXiv id; https://ericmitchell.ai/cdpo.pdf), Eq. 3. If a label is flipped with probability eps, the expected DPO loss under the
 smoothed target is
 
     L = -(1 - eps) log sigma(beta h) - eps log sigma(-beta h),   h = (pc - rc) - (pr - rr)
@@ -25,4 +25,4 @@ def cdpo(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.1) -> torch.T
     """-(1-eps) log sigma(beta h) - eps log sigma(-beta h): DPO against labels smoothed by eps."""
     if not 0.0 <= epsilon <= 0.5:
         raise ValueError(f"loss 'cdpo': epsilon is a label-flip probability and must lie in [0, 0.5], got {epsilon}")
-    return smoothed_sigmoid_loss(dpo_margin(batch), beta, epsilon)  # label-smoothed Eq. 7 (Mitchell 2023)
+    return smoothed_sigmoid_loss(dpo_margin(batch), beta, epsilon)  # Eq. 3 of Mitchell 2023 (label-smoothed DPO)

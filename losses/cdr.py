@@ -1,7 +1,8 @@
 """CDR: soft-label DPO on density-ratio rewards of a strong-over-weak model pair.
 
-Rewards from: Xu et al. (2024). "CDR: Customizable Density Ratios of
-Strong-over-weak LLMs for Preference Annotation". arXiv:2411.02481. The reward of a response is
+Rewards from: Xu, Xu, Sudalairaj, Wang, Srivastava (2024). "CDR: Customizable Density Ratios of
+Strong-over-weak LLMs for Preference Annotation". arXiv:2411.02481 (v3 retitled "Dr. SoW: Density
+Ratio of Strong-over-weak LLMs for Reducing the Cost of Human Annotation in Preference Tuning"). The reward of a response is
 r(x, y) = log pi_strong(y|x~) - log pi_weak(y|x~) (response tokens summed, no length
 normalisation); annotation turns rewards into preferences. This loss uses the rewards as *soft*
 labels instead of hard ones:

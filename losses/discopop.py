@@ -1,6 +1,6 @@
 """DiscoPOP: the LLM-discovered log-ratio modulated loss (a logistic/exponential blend).
 
-Paper: Lu, Holt, Fanconi, Chan, Foerster, van der Schaar, Lange (2024). "Discovering Preference
+Paper: Lu et al. (2024). "Discovering Preference
 Optimization Algorithms with and for Large Language Models". arXiv:2406.08414, Eq. 5. With
 logits z = beta h and modulation m = sigma(z / tau):
 

@@ -1,7 +1,7 @@
 """EXO (pairwise): efficient exact optimisation, reverse KL to a smoothed preference distribution.
 
-Paper: Ji, Lu, Niu, Ke, Wang, Cui, Huang, Xu, Zhu (2024). "Towards Efficient Exact Optimization of
-Language Model Alignment". arXiv:2402.00856, Eq. 16 with K = 2. With q = sigma(beta h) the
+Paper: Ji, Lu, Niu, Ke, Wang, Zhu, Tang, Huang (2024). "Towards Efficient Exact Optimization of
+Language Model Alignment" (ICML 2024 title: "Towards Efficient and Exact ..."). arXiv:2402.00856, Eq. 16 with K = 2. With q = sigma(beta h) the
 policy's preference probability and the target [1 - eps, eps]:
 
     L = q (log q - log(1 - eps)) + (1 - q) (log(1 - q) - log eps)

@@ -1,7 +1,7 @@
 """Hinge: the SLiC-HF calibration loss on the DPO margin.
 
-Paper: Zhao, Joshi, Liu, Khalman, Saleh, Liu (2023). "SLiC-HF: Sequence Likelihood Calibration with
-Human Feedback". arXiv:2305.10425. As TRL 1.16 ``loss_type="hinge"``:
+Paper: Zhao et al. (2023). "SLiC-HF: Sequence Likelihood Calibration with
+Human Feedback". arXiv:2305.10425, Sec. 2. As TRL 1.16 ``loss_type="hinge"``:
 
     L = max(0, 1 - beta h)
 

@@ -1,6 +1,6 @@
 """INPO: iterative Nash policy optimisation (one round's loss).
 
-Paper: Zhang, Yu, Kong, Liu, Wang, Jiang, Zhang, Zhou (2024, ICLR 2025). "Iterative Nash Policy
+Paper: Zhang, Yu, Peng, Song, Tian, Huo, Jiang, Mi, Yu (2024, ICLR 2025). "Iterative Nash Policy
 Optimization: Aligning LLMs with General Preferences via No-Regret Learning". arXiv:2407.00617.
 Form taken from the authors' code (an IPO-style squared loss against a geometric mixture of the
 reference and the previous iterate pi_t):

@@ -1,6 +1,6 @@
 """IPO: identity preference optimisation, a squared loss on the (length-normalised) margin.
 
-Paper: Azar, Rowland, Piot, Guo, Calandriello, Valko, Munos (2023). "A General Theoretical Paradigm
+Paper: Azar et al. (2023). "A General Theoretical Paradigm
 to Understand Learning from Human Preferences". arXiv:2310.12036, Eq. 17:
 
     L = (h_avg - 1 / (2 tau))^2,   h_avg = (pc - rc) / len_c - (pr - rr) / len_r

@@ -1,7 +1,7 @@
 """NCA (pairwise): noise-contrastive alignment on absolute implicit rewards.
 
-Paper: Chen, Zheng, Huang, Zhu (2024). "Noise Contrastive Alignment of Language Models with
-Explicit Rewards". arXiv:2402.05369. As TRL 1.16 ``loss_type="nca_pair"``, with
+Paper: Chen et al. (2024). "Noise Contrastive Alignment of Language Models with
+Explicit Rewards". arXiv:2402.05369, Sec. 4.1. As TRL 1.16 ``loss_type="nca_pair"``, with
 rho = policy - reference per response:
 
     L = -log sigma(beta rho_c) - 0.5 log sigma(-beta rho_c) - 0.5 log sigma(-beta rho_r)

@@ -1,7 +1,7 @@
 """Plackett-Luce: the K-wise ranking likelihood on implicit rewards (DPO for ranked lists).
 
 Sources: Rafailov et al. (2023), "Direct Preference Optimization", arXiv:2305.18290, Appendix A.3
-(the Plackett-Luce form of DPO); Zhu, Jordan, Jiao (2023), "Principled Reinforcement Learning with
+(the Plackett-Luce form of DPO); Zhu, Jiao, Jordan (2023), "Principled Reinforcement Learning with
 Human Feedback from Pairwise or K-wise Comparisons", arXiv:2301.11270 (the K-wise MLE). With
 s_k = beta * (policy_k - reference_k) over a list ranked best (k = 1) to worst (k = K):
 
@@ -22,7 +22,7 @@ from ._registry import register_loss
 
 @register_loss(
     "plackett_luce",
-    paper="Rafailov et al. 2023 (App. A.3); Zhu, Jordan, Jiao 2023, Principled Reinforcement Learning with Human "
+    paper="Rafailov et al. 2023 (App. A.3); Zhu, Jiao, Jordan 2023, Principled Reinforcement Learning with Human "
     "Feedback from Pairwise or K-wise Comparisons",
     arxiv="2301.11270",
     responses="ranked",

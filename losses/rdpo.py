@@ -1,7 +1,7 @@
 """rDPO: provably robust DPO under random label flips.
 
 Paper: Chowdhury, Kini, Natarajan (2024). "Provably Robust DPO: Aligning Language Models with Noisy
-Feedback". arXiv:2403.00409, the rDPO loss (Sec. 3):
+Feedback". arXiv:2403.00409, the rDPO loss (Sec. 3.1):
 
     L = [-(1 - eps) log sigma(beta h) + eps log sigma(-beta h)] / (1 - 2 eps)
 
@@ -35,5 +35,5 @@ def rdpo(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.1) -> torch.T
             f"loss 'rdpo': epsilon is the label-flip rate and must satisfy 0 <= epsilon < 0.5, got {epsilon}"
         )
     margin = dpo_margin(batch)
-    # rDPO loss of Chowdhury et al. 2024 (Sec. 3): de-biased combination of the clean and flipped DPO terms
+    # rDPO loss of Chowdhury et al. 2024 (Sec. 3.1): de-biased combination of the clean and flipped DPO terms
     return (-(1 - epsilon) * F.logsigmoid(beta * margin) + epsilon * F.logsigmoid(-beta * margin)) / (1 - 2 * epsilon)

@@ -1,8 +1,8 @@
 """RPO: DPO plus an SFT regulariser on the chosen (or another baseline) response.
 
-Paper: Liu, Lu, Zhang, Ji, Wang, Zhang, Wang, Kolar (2024). "Provably Mitigating Overoptimization in
-RLHF: Your SFT Loss is Implicitly an Adversarial Regularizer". arXiv:2405.16436. The practical
-RPO objective adds an SFT (negative log-likelihood) term on a baseline response to DPO:
+Paper: Liu, Lu, Zhang, Liu, Guo, Yang, Blanchet, Wang (2024, NeurIPS). "Provably Mitigating Overoptimization in
+RLHF: Your SFT Loss is Implicitly an Adversarial Regularizer". arXiv:2405.16436, Sec. 4 ("An
+Equivalent and Implementation-friendly Objective"). The practical RPO objective adds an SFT (negative log-likelihood) term on a baseline response to DPO:
 
     variant "sum":  L = dpo + eta * beta * (-pc)
     variant "mean": L = dpo + eta * (-pc / len_c)     (token-mean NLL, as in the authors' code option)
