@@ -1,0 +1,92 @@
+"""Standard `transformers.TrainerCallback`s for preference training.
+
+    from prefopt.callbacks import PreferenceEvalCallback, ReferenceRefreshCallback
+    trainer = Trainer(..., callbacks=[PreferenceEvalCallback(heldout, every_n_steps=50),
+                                      ReferenceRefreshCallback(every_n_steps=100, mixup_alpha=0.6)])
+
+Both need the trainer itself (to evaluate, to reach the reference model); `prefopt.Trainer` hands it
+over by calling `bind_trainer(trainer)` after construction. Any other `TrainerCallback` works unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate.utils import is_peft_model
+from transformers import TrainerCallback
+
+
+class PreferenceEvalCallback(TrainerCallback):
+    """Evaluate on a held-out preference set every ``every_n_steps`` optimizer steps.
+
+    Logs TRL's metric names with ``metric_key_prefix`` (default ``heldout``): ``heldout_loss``,
+    ``heldout_rewards/accuracies``, ``heldout_rewards/margins``, ... The latest values are kept in
+    ``self.history`` as (step, metrics) pairs.
+    """
+
+    def __init__(self, eval_dataset, every_n_steps: int = 100, metric_key_prefix: str = "heldout"):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.eval_dataset = eval_dataset
+        self.every_n_steps = every_n_steps
+        self.metric_key_prefix = metric_key_prefix
+        self.trainer = None
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def bind_trainer(self, trainer) -> None:
+        self.trainer = trainer
+        # tokenise once; `evaluate` recognises a tokenised dataset (and the reference cache avoids recomputation)
+        self.eval_dataset = trainer._prepare_dataset(
+            self.eval_dataset, trainer.processing_class, trainer.args, self.metric_key_prefix
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer is None:
+            raise RuntimeError("PreferenceEvalCallback needs prefopt.Trainer (which calls bind_trainer)")
+        if state.global_step % self.every_n_steps == 0:
+            metrics = self.trainer.evaluate(self.eval_dataset, metric_key_prefix=self.metric_key_prefix)
+            self.history.append((state.global_step, metrics))
+        return control
+
+
+class ReferenceRefreshCallback(TrainerCallback):
+    """TR-DPO reference refresh: every ``every_n_steps`` steps, ref <- alpha * policy + (1 - alpha) * ref.
+
+    Gorbatovski et al. 2024, "Learn Your Reference Model for Real Good Alignment" (arXiv 2404.09656);
+    alpha = 1 is a hard copy. Needs a reference model held in memory (an explicit ``ref_model``, or the
+    copy `prefopt.Trainer` makes of an in-memory model). Not supported, and refused at construction:
+      * PEFT without ``ref_model``: the reference is the base model with the adapter disabled, which the
+        policy shares, so it cannot move without moving the policy;
+      * ``precompute_ref_log_probs=True``: the stored reference log-probs would be stale.
+    """
+
+    def __init__(self, every_n_steps: int = 512, mixup_alpha: float = 0.6):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if not 0.0 < mixup_alpha <= 1.0:
+            raise ValueError(f"mixup_alpha must be in (0, 1], got {mixup_alpha}")
+        self.every_n_steps = every_n_steps
+        self.mixup_alpha = mixup_alpha
+        self.trainer = None
+        self.refreshes = 0
+
+    def bind_trainer(self, trainer) -> None:
+        if trainer.args.precompute_ref_log_probs:
+            raise ValueError("ReferenceRefreshCallback cannot be used with precompute_ref_log_probs=True (stale cache)")
+        if trainer.ref_model is None:
+            how = (
+                "with PEFT the reference is the adapter-disabled base model, shared with the policy"
+                if is_peft_model(trainer.model)
+                else "the loss needs no reference model"
+            )
+            raise ValueError(f"ReferenceRefreshCallback needs a reference model in memory; {how}. Pass ref_model=...")
+        self.trainer = trainer
+
+    @torch.no_grad()
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.trainer is not None and state.global_step % self.every_n_steps == 0:
+            policy = self.trainer.accelerator.unwrap_model(self.trainer.model)
+            reference = self.trainer.accelerator.unwrap_model(self.trainer.ref_model)
+            for reference_parameter, policy_parameter in zip(reference.parameters(), policy.parameters(), strict=True):
+                reference_parameter.mul_(1.0 - self.mixup_alpha).add_(policy_parameter, alpha=self.mixup_alpha)
+            self.refreshes += 1
+        return control

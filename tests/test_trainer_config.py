@@ -1,0 +1,76 @@
+"""PrefOptConfig: loss names and help from the registry, validation, command-line form, TRL mapping."""
+
+import pytest
+from transformers import HfArgumentParser
+
+from prefopt import PrefOptConfig
+from prefopt.config import parse_loss
+from prefopt.losses import get_loss, list_losses
+
+CPU = dict(output_dir="unused", bf16=False, use_cpu=True, report_to="none")
+
+
+def test_help_lists_every_registered_loss():
+    help_text = next(f for f in PrefOptConfig.__dataclass_fields__.values() if f.name == "loss").metadata["help"]
+    for name in list_losses():
+        assert f"`{name}`" in help_text
+
+
+def test_unknown_loss_lists_registered_ones():
+    with pytest.raises(ValueError, match="registered losses: .*dpo"):
+        PrefOptConfig(loss="not_a_loss", **CPU)
+
+
+def test_unknown_hyperparameter_is_refused():
+    with pytest.raises(TypeError, match="gamma"):
+        PrefOptConfig(loss="dpo", loss_kwargs={"gamma": 1.0}, **CPU)
+
+
+def test_invalid_hyperparameter_value_is_refused_by_the_spec():
+    with pytest.raises(ValueError, match="beta"):
+        PrefOptConfig(loss="dpo", beta=-1.0, **CPU)
+
+
+def test_beta_comes_from_args_unless_loss_kwargs_sets_it():
+    assert PrefOptConfig(loss="dpo", beta=0.3, **CPU).loss_hyperparameters() == {"dpo": {"beta": 0.3}}
+    config = PrefOptConfig(loss="dpo", beta=0.3, loss_kwargs={"beta": 0.05}, **CPU)
+    assert config.loss_hyperparameters()["dpo"]["beta"] == 0.05
+
+
+def test_combination_with_per_component_kwargs():
+    config = PrefOptConfig(loss=[("dpo", 1.0), ("rpo", 0.5)], loss_kwargs={"rpo": {"eta": 0.2}, "beta": 0.2}, **CPU)
+    assert config.loss_components() == (("dpo", 1.0), ("rpo", 0.5))
+    resolved = config.loss_hyperparameters()
+    assert resolved["rpo"]["eta"] == 0.2 and resolved["rpo"]["beta"] == 0.2 and resolved["dpo"]["beta"] == 0.2
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("dpo", (("dpo", 1.0),)), ("dpo:1.0,sft:0.5", (("dpo", 1.0), ("sft", 0.5))), ("dpo, sft", (("dpo", 1.0), ("sft", 1.0)))],
+)
+def test_command_line_encoding(text, expected):
+    assert parse_loss(text) == expected
+
+
+def test_duplicate_component_is_refused():
+    with pytest.raises(ValueError, match="more than once"):
+        parse_loss("dpo,dpo:0.5")
+
+
+def test_hf_argument_parser_sets_loss_and_kwargs():
+    parser = HfArgumentParser(PrefOptConfig)
+    (config,) = parser.parse_args_into_dataclasses(
+        ["--output_dir", "x", "--bf16", "false", "--use_cpu", "true", "--loss", "rdpo",
+         "--loss_kwargs", '{"epsilon": 0.2}', "--beta", "0.25"]
+    )
+    assert config.loss_hyperparameters() == {"rdpo": {"beta": 0.25, "epsilon": 0.2}}
+
+
+def test_trl_loss_type_maps_through_the_registry():
+    by_trl_name = {get_loss(n).trl_name: n for n in list_losses() if get_loss(n).trl_name}
+    config = PrefOptConfig(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5], **CPU)
+    assert config.loss_components() == ((by_trl_name["sigmoid"], 1.0), (by_trl_name["sft"], 0.5))
+    robust = PrefOptConfig(loss_type="robust", label_smoothing=0.2, **CPU)
+    assert robust.loss_hyperparameters()[by_trl_name["robust"]]["epsilon"] == 0.2
+    with pytest.raises(ValueError, match="no registered prefopt equivalent"):
+        PrefOptConfig(loss_type="not_in_trl", **CPU)
