@@ -218,11 +218,11 @@ def _arithmetic_rows(rng: random.Random, count: int) -> list[dict]:
 # =========================================================================== sentiment
 
 _POSITIVE = frozenset(
-    "love loved great excellent wonderful wonderfully fantastic amazing perfect perfectly happy happily recommend "
+    "good love loved great excellent wonderful wonderfully fantastic amazing perfect perfectly happy happily recommend "
     "sturdy reliable comfortable easy beautiful impressive delightful pleased best solid quiet".split()
 )
 _NEGATIVE = frozenset(
-    "hate terrible awful poor poorly disappointing disappointed broke broken flimsy cheap useless regret overpriced "
+    "bad hate terrible awful poor poorly disappointing disappointed broke broken flimsy cheap useless regret overpriced "
     "annoying worst confusing awkward loud slow waste uncomfortable frustrating fragile".split()
 )
 _NEGATORS = frozenset("not never no hardly".split())

@@ -45,11 +45,14 @@ class RankingAgreement(evaluate.Metric):
         for index, (predicted, reference) in enumerate(zip(predictions, references)):
             if len(predicted) != len(reference) or len(predicted) < 2:
                 raise ValueError(f"example {index}: needs >= 2 scores and equal lengths, got {len(predicted)} and {len(reference)}")
-            tau = kendalltau(predicted, reference).statistic
-            rho = spearmanr(predicted, reference).statistic
-            if math.isfinite(tau) and math.isfinite(rho):
-                taus.append(float(tau))
-                rhos.append(float(rho))
+            # constant scores on either side leave both correlations undefined; skip them before
+            # scipy warns, and count them in "undefined"
+            if len(set(predicted)) > 1 and len(set(reference)) > 1:
+                tau = kendalltau(predicted, reference).statistic
+                rho = spearmanr(predicted, reference).statistic
+                if math.isfinite(tau) and math.isfinite(rho):
+                    taus.append(float(tau))
+                    rhos.append(float(rho))
             best = max(reference)
             top1 += reference[max(range(len(predicted)), key=lambda i: predicted[i])] == best
         count = len(predictions)
