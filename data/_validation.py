@@ -72,6 +72,7 @@ class ValidationReport:
     dropped: Counter = field(default_factory=Counter)  # reason -> number of rows
     examples: list[str] = field(default_factory=list)  # the first few error messages, for the log
     notes: Counter = field(default_factory=Counter)  # non-error events, e.g. "tied pair skipped"
+    pairs: int | None = None  # to_pairs only: pairs made from the `kept` rows
 
     MAX_EXAMPLES = 5
 
@@ -86,6 +87,8 @@ class ValidationReport:
 
     def summary(self) -> str:
         parts = [f"kept {self.kept} of {self.total} rows"]
+        if self.pairs is not None:
+            parts[0] += f", made {self.pairs} pairs"
         if self.dropped:
             parts.append("dropped " + ", ".join(f"{n} x {reason!r}" for reason, n in self.dropped.most_common()))
         if self.notes:

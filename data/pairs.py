@@ -84,7 +84,9 @@ def _split_to_pairs(dataset: datasets.Dataset, strategy: str, seed: int) -> tupl
             kept += 1
         if kept == 0:
             report.notes[NO_PAIR] += 1
-    report.kept = len(pairs)
+        else:
+            report.kept += 1
+    report.pairs = len(pairs)
     columns = ["prompt", "chosen", "rejected", *(["score_chosen", "score_rejected"] if scores_present(dataset) else []), *passthrough]
     return datasets.Dataset.from_dict({c: [p.get(c) for p in pairs] for c in columns}), report
 

@@ -33,7 +33,7 @@ def test_the_fixture_is_sorted_best_first_with_ties_in_source_order():
 def test_deterministic_strategies_on_a_hand_worked_ranking(strategy, expected, ties):
     pairs, report = to_pairs(SCORED, strategy, return_report=True)
     assert pairs_of(pairs) == expected
-    assert report.notes.get("tied pair skipped", 0) == ties and report.kept == len(expected)
+    assert report.notes.get("tied pair skipped", 0) == ties and (report.kept, report.pairs) == (1, len(expected))
 
 
 def test_scores_and_other_columns_travel_with_each_pair():
@@ -64,6 +64,7 @@ def test_a_row_whose_completions_all_tie_yields_no_pair_and_is_reported(caplog):
     with caplog.at_level(logging.WARNING, logger="prefopt.data"):
         pairs, report = to_pairs(ranked, "best_vs_random", return_report=True)
     assert len(pairs) == 0 and report.notes["row with no untied pair skipped"] == 1
+    assert report.summary() == "kept 0 of 1 rows, made 0 pairs; 1 x row with no untied pair skipped"
     assert "row with no untied pair skipped" in caplog.text
 
 
