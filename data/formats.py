@@ -320,7 +320,7 @@ def _aligned_scores(row: dict, key: str, length: int) -> list[float] | None:
     "ranked",
     schema="kwise",
     consumes=("prompt", "completions", "ranking", "scores"),
-    description="prompt + 'completions' best first, or in any order with 'ranking' (1-based rank of each completion, 1 = best)",
+    description="prompt + 'completions' best first, or in any order with 'ranking' (completion indices, best first)",
 )
 def ranked_adapter(row: dict) -> dict:
     prompt = _require(row, "prompt")
@@ -332,11 +332,12 @@ def ranked_adapter(row: dict) -> dict:
         ranking = _require_list(row, "ranking")
         if len(ranking) != len(completions):
             raise InvalidRowError(None, "ranking", LENGTH_MISMATCH, f"{len(ranking)} ranks for {len(completions)} completions")
-        if any(isinstance(r, bool) or not isinstance(r, int) for r in ranking) or sorted(ranking) != list(range(1, len(ranking) + 1)):
-            raise InvalidRowError(None, "ranking", NOT_PERMUTATION, f"expected the ranks 1..{len(ranking)} once each, got {ranking}")
-        order = sorted(range(len(ranking)), key=lambda i: ranking[i])
-        completions = [completions[i] for i in order]
-        scores = None if scores is None else [scores[i] for i in order]
+        # The same convention as the trainer's `ranking` column: completion indices, best first
+        # ([2, 0, 1]: completion 2 is best), so a row means the same thing with or without this adapter.
+        if any(isinstance(r, bool) or not isinstance(r, int) for r in ranking) or sorted(ranking) != list(range(len(ranking))):
+            raise InvalidRowError(None, "ranking", NOT_PERMUTATION, f"expected the completion indices 0..{len(ranking) - 1} once each, best first, got {ranking}")
+        completions = [completions[i] for i in ranking]
+        scores = None if scores is None else [scores[i] for i in ranking]
     out = {"prompt": prompt, "completions": completions}
     if scores is not None:
         out["scores"] = scores

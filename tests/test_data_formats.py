@@ -220,7 +220,7 @@ def test_shp_label_other_than_0_or_1_is_rejected():
 def test_ranked_in_rank_order_and_with_an_explicit_ranking():
     in_order = {"prompt": "Rank these", "completions": ["best", "middle", "worst"]}
     assert load_preferences([in_order], format="ranked")[0] == in_order
-    shuffled = {"prompt": "Rank these", "completions": ["middle", "worst", "best"], "ranking": [2, 3, 1], "scores": [5, 1, 9]}
+    shuffled = {"prompt": "Rank these", "completions": ["middle", "worst", "best"], "ranking": [2, 0, 1], "scores": [5, 1, 9]}
     out = load_preferences([shuffled], format="ranked")[0]
     assert out == {"prompt": "Rank these", "completions": ["best", "middle", "worst"], "scores": [9.0, 5.0, 1.0]}
 

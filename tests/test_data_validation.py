@@ -38,8 +38,8 @@ KWISE_CASES = [
     ("ranked", {"prompt": "q", "completions": ["a", "b", "a"]}, "completions", "duplicate completions"),
     ("ranked", {"prompt": "q", "completions": ["a", ""]}, "completions[1]", "empty text"),
     ("ranked", {"prompt": "q", "completions": ["a", "b", "c"], "ranking": [1, 1, 2]}, "ranking", "ranking is not a permutation"),
-    ("ranked", {"prompt": "q", "completions": ["a", "b", "c"], "ranking": [0, 1, 2]}, "ranking", "ranking is not a permutation"),
-    ("ranked", {"prompt": "q", "completions": ["a", "b", "c"], "ranking": [1, 2]}, "ranking", "mismatched list lengths"),
+    ("ranked", {"prompt": "q", "completions": ["a", "b", "c"], "ranking": [1, 2, 3]}, "ranking", "ranking is not a permutation"),  # 1-based ranks, not indices
+    ("ranked", {"prompt": "q", "completions": ["a", "b", "c"], "ranking": [0, 1]}, "ranking", "mismatched list lengths"),
     ("ranked", {"prompt": "q", "completions": ["a", "b"], "scores": [1, 2]}, "scores", "scores not in best-first order"),
     ("ranked", {"prompt": "q", "completions": [[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]]}, "prompt", "mixes standard and conversational forms"),
     ("scored", {"prompt": "q", "responses": ["a", "b"], "scores": [1.0]}, "scores", "mismatched list lengths"),
