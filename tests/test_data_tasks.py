@@ -1,6 +1,7 @@
 """Bundled tasks: ground-truth rewards on hand-worked cases, the committed files, and the generator's determinism."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,19 @@ def test_generator_is_deterministic_and_matches_the_committed_files(tmp_path):
     for path in written:
         assert path.read_bytes() == (TASKS_DIR / path.name).read_bytes(), f"{path.name} differs: rerun python -m prefopt.data.generate_tasks"
     assert sum(p.stat().st_size for p in written) < 3_000_000
+
+
+SMOLLM2_TOKENIZERS = sorted(Path.home().glob(".cache/prefopt/models/SmolLM2-135M-Instruct*/tokenizer_config.json"))
+
+
+@pytest.mark.skipif(not SMOLLM2_TOKENIZERS, reason="no local SmolLM2-135M-Instruct tokenizer (the Hub is not used)")
+def test_render_chatml_equals_the_real_smollm2_chat_template():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(SMOLLM2_TOKENIZERS[0].parent)
+    for name in list_tasks():
+        row = get_task(name).load("pairwise", split="test")[0]
+        assert render_chatml(row["prompt"], add_generation_prompt=True) == tokenizer.apply_chat_template(
+            row["prompt"], tokenize=False, add_generation_prompt=True
+        )
+        assert render_chatml(row["prompt"] + row["chosen"]) == tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
