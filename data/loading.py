@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -20,7 +21,7 @@ from ._validation import (
     check_kwise_row,
     check_pairwise_row,
 )
-from .formats import get_format
+from .formats import FormatSpec, get_format
 
 ON_INVALID = ("raise", "drop")
 _CHECKS = {"pairwise": check_pairwise_row, "kwise": check_kwise_row}
@@ -91,6 +92,12 @@ def _read_source(source: Any, split: str | None, column_map: Mapping[str, str] |
             if split not in source:
                 raise ValueError(f"split {split!r} not in the source; it has {names}")
             names = [split]
+        if not isinstance(source, datasets.DatasetDict):
+            missing = [str(path) for path in source.values() if not Path(path).is_file()]
+            if missing:
+                raise ValueError(
+                    f"a dict source maps split names to files, and {missing} are not files; pass rows as a list of dicts"
+                )
         read = (lambda v: v.to_list()) if isinstance(source, datasets.DatasetDict) else (lambda v: _read_file(Path(v), column_map))
         rows = {name: read(source[name]) for name in names}
         return {None: rows[split]} if split is not None else rows
@@ -116,6 +123,9 @@ def _rename(rows: list[dict], column_map: Mapping[str, str] | None) -> list[dict
     missing = [name for name in column_map if name not in present]
     if rows and missing:
         raise ValueError(f"column_map names column(s) {missing} that the source does not have; it has {sorted(present)}")
+    clashes = sorted(target for source, target in column_map.items() if target in present and target not in column_map)
+    if clashes:
+        raise ValueError(f"column_map would overwrite existing column(s) {clashes}; map or drop them first")
     return [{column_map.get(key, key): value for key, value in row.items()} for row in rows]
 
 
@@ -125,6 +135,7 @@ def _rename(rows: list[dict], column_map: Mapping[str, str] | None) -> list[dict
 def _convert_split(rows: list[dict], format: str, on_invalid: str, options: dict) -> tuple[datasets.Dataset, ValidationReport]:
     columns = set().union(*(row.keys() for row in rows)) if rows else set()
     spec = get_format(format).resolve(columns)
+    _check_options(spec, options)
     check = _CHECKS[spec.schema]
     required, score_columns = _COLUMNS[spec.schema]
     report = ValidationReport(total=len(rows))
@@ -155,6 +166,18 @@ def _convert_split(rows: list[dict], format: str, on_invalid: str, options: dict
     return datasets.Dataset.from_dict(table), report
 
 
+def _check_options(spec: FormatSpec, options: dict) -> None:
+    """Options are the adapter's parameters after the row (those with defaults)."""
+    accepted = sorted(
+        name
+        for name, parameter in inspect.signature(spec.adapter).parameters.items()
+        if parameter.default is not parameter.empty
+    )
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"format {spec.name!r} takes no option(s) {unknown}; it accepts: {accepted or 'none'}")
+
+
 def load_preferences(
     source: Any,
     format: str = "trl",
@@ -183,7 +206,7 @@ def load_preferences(
     """
     if on_invalid not in ON_INVALID:
         raise ValueError(f"on_invalid must be one of {list(ON_INVALID)}, got {on_invalid!r}")
-    get_format(format)  # unknown names fail before any reading
+    get_format(format)  # an unknown name fails before any reading
     splits = _read_source(source, split, column_map)
     results, reports = {}, {}
     for name, rows in splits.items():

@@ -281,3 +281,15 @@ def test_csv_keeps_text_as_text_and_parses_score_columns(tmp_path):
     (tmp_path / "nan.csv").write_text("prompt,chosen,rejected,score_chosen,score_rejected\nq,a,b,nan,1\n")
     with pytest.raises(InvalidRowError, match=r"row 0, field 'score_chosen': score is NaN or infinite"):
         load_preferences(tmp_path / "nan.csv")
+
+
+def test_misused_sources_column_maps_and_options_fail_with_a_hint():
+    with pytest.raises(ValueError, match="pass rows as a list of dicts"):
+        load_preferences({"prompt": "q", "chosen": "a", "rejected": "b"})
+    with pytest.raises(ValueError, match=r"would overwrite existing column\(s\) \['chosen'\]"):
+        load_preferences([{"prompt": "q", "chosen": "a", "better": "c", "rejected": "b"}], column_map={"better": "chosen"})
+    # swapping two columns is fine: both are mapped
+    swapped = load_preferences([{"prompt": "q", "chosen": "a", "rejected": "b"}], column_map={"chosen": "rejected", "rejected": "chosen"})
+    assert swapped[0] == {"prompt": "q", "chosen": "b", "rejected": "a"}
+    with pytest.raises(ValueError, match=r"format 'trl' takes no option\(s\) \['rating'\]; it accepts: none"):
+        load_preferences([{"prompt": "q", "chosen": "a", "rejected": "b"}], format="trl", rating="x")
