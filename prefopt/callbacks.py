@@ -43,7 +43,10 @@ class PreferenceEvalCallback(TrainerCallback):
         if self.trainer is None:
             raise RuntimeError("PreferenceEvalCallback needs prefopt.Trainer (which calls bind_trainer)")
         if state.global_step % self.every_n_steps == 0:
+            was_training = self.trainer.model.training
             metrics = self.trainer.evaluate(self.eval_dataset, metric_key_prefix=self.metric_key_prefix)
+            if was_training:  # the train metrics of this step are logged next and read the model's mode
+                self.trainer.model.train()
             self.history.append((state.global_step, metrics))
         return control
 

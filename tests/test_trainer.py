@@ -214,6 +214,8 @@ def test_preference_eval_callback_logs_heldout_metrics(tmp_path):
     assert [step for step, _ in callback.history] == [2, 4]
     logged = [log for log in trainer.state.log_history if "heldout_loss" in log]
     assert len(logged) == 2 and "heldout_rewards/accuracies" in logged[0]
+    train_logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(train_logs) == 4 and all("rewards/margins" in log for log in train_logs)
 
 
 def test_reference_refresh_callback_moves_the_reference(tmp_path):
