@@ -30,6 +30,7 @@ from ._validation import (
     TOO_FEW,
     InvalidRowError,
     check_score,
+    check_text,
     is_conversational,
 )
 
@@ -235,6 +236,7 @@ def ultrafeedback_completions_adapter(row: dict, rating: str | None = None) -> d
             raise InvalidRowError(None, f"completions[{position}].{text_key}", MISSING)
         if item.get(rating_key) is None:
             raise InvalidRowError(None, f"completions[{position}].{rating_key}", MISSING)
+        check_text(item[text_key], f"completions[{position}].{text_key}", completion=True)  # source index, before sorting
         texts.append(item[text_key])
         scores.append(check_score(item[rating_key], f"completions[{position}].{rating_key}"))
     order = sorted(range(len(items)), key=lambda i: -scores[i])  # stable: ties keep source order
@@ -289,6 +291,8 @@ def shp_adapter(row: dict) -> dict:
     # columns (c_root_id_A, created_at_utc_A, ...) belong to the chosen response.
     prompt = _require_string(row, "history")
     response_a, response_b = _require_string(row, "human_ref_A"), _require_string(row, "human_ref_B")
+    for name in ("history", "human_ref_A", "human_ref_B"):  # errors name the source column, not chosen/rejected
+        check_text(row[name], name)
     label = _require(row, "labels")
     if isinstance(label, bool) or label not in (0, 1):
         raise InvalidRowError(None, "labels", BAD_LABEL, f"got {label!r}")
@@ -327,6 +331,8 @@ def ranked_adapter(row: dict) -> dict:
     completions = _require_list(row, "completions")
     if len(completions) < 2:
         raise InvalidRowError(None, "completions", TOO_FEW, f"got {len(completions)}")
+    for position, completion in enumerate(completions):  # errors name the source position, before reordering
+        check_text(completion, f"completions[{position}]", completion=True)
     scores = _aligned_scores(row, "scores", len(completions))
     if row.get("ranking") is not None:
         ranking = _require_list(row, "ranking")
@@ -355,6 +361,8 @@ def scored_adapter(row: dict) -> dict:
     responses = _require_list(row, "responses")
     if len(responses) < 2:
         raise InvalidRowError(None, "responses", TOO_FEW, f"got {len(responses)}")
+    for position, response in enumerate(responses):  # errors name the source position, before sorting
+        check_text(response, f"responses[{position}]", completion=True)
     scores = _aligned_scores(row, "scores", len(responses))
     if scores is None:
         raise InvalidRowError(None, "scores", MISSING)

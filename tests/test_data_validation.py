@@ -43,6 +43,11 @@ KWISE_CASES = [
     ("ranked", {"prompt": "q", "completions": ["a", "b"], "scores": [1, 2]}, "scores", "scores not in best-first order"),
     ("ranked", {"prompt": "q", "completions": [[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]]}, "prompt", "mixes standard and conversational forms"),
     ("scored", {"prompt": "q", "responses": ["a", "b"], "scores": [1.0]}, "scores", "mismatched list lengths"),
+    # errors name the position in the source row, not the position after sorting by score
+    ("scored", {"prompt": "q", "responses": ["a", " ", "c"], "scores": [1, 3, 2]}, "responses[1]", "empty text"),
+    ("ranked", {"prompt": "q", "completions": ["a", "b", ""], "ranking": [2, 0, 1]}, "completions[2]", "empty text"),
+    ("ultrafeedback", {"instruction": "q", "completions": [{"response": "a", "overall_score": 1}, {"response": 7, "overall_score": 2}]}, "completions[1].response", "not a string or a list of messages"),
+    ("shp", {"history": "q", "human_ref_A": "", "human_ref_B": "b", "labels": 0}, "human_ref_A", "empty text"),
     ("scored", {"prompt": "q", "responses": ["a", "b"], "scores": [1.0, math.nan]}, "scores[1]", "score is NaN or infinite"),
     ("scored", {"prompt": "q", "responses": ["a", "b"]}, "scores", "missing field"),
     ("ultrafeedback", {"instruction": "q", "completions": [{"response": "a", "overall_score": 1}]}, "completions", "fewer than 2 completions"),
