@@ -43,9 +43,13 @@ class PreferenceEvalCallback(TrainerCallback):
         if self.trainer is None:
             raise RuntimeError("PreferenceEvalCallback needs prefopt.Trainer (which calls bind_trainer)")
         if state.global_step % self.every_n_steps == 0:
-            was_training = self.trainer.model.training
+            # evaluating resets the loop's flags (should_log, ...) and the model's mode; this step's train
+            # metrics are logged right after this callback, so both are restored
+            was_training, flags = self.trainer.model.training, dict(vars(control))
             metrics = self.trainer.evaluate(self.eval_dataset, metric_key_prefix=self.metric_key_prefix)
-            if was_training:  # the train metrics of this step are logged next and read the model's mode
+            vars(control).update(flags)
+            vars(self.trainer.control).update(flags)
+            if was_training:
                 self.trainer.model.train()
             self.history.append((state.global_step, metrics))
         return control
