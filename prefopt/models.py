@@ -184,7 +184,8 @@ def load_model(
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5.23 renamed gradient checkpointing to activation checkpointing
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         model.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input under LoRA
     if gradient_checkpointing:
         model.config.use_cache = False
