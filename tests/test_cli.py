@@ -1,0 +1,111 @@
+"""The prefopt command (losses / train / main) and the main job's held-out metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers_models import save_tiny_checkpoint
+from prefopt import cli, main_job, models
+from prefopt.losses import get_loss, list_losses
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def test_losses_table_has_one_row_per_registered_loss_with_its_defaults():
+    table = cli.losses_table().splitlines()
+    assert len(table) == 2 + len(list_losses())
+    for name, row in zip(list_losses(), table[2:]):
+        spec = get_loss(name)
+        assert row.startswith(f"| {name} |")
+        for hyperparameter, default in spec.hyperparameters.items():
+            assert f"{hyperparameter}={default!r}" in row
+        if spec.arxiv:
+            assert spec.arxiv in row
+
+
+def test_python_dash_m_prefopt_lists_the_losses():
+    result = subprocess.run([sys.executable, "-m", "prefopt", "losses"], capture_output=True, text=True, check=True)
+    assert "| dpo |" in result.stdout
+
+
+def test_no_command_prints_usage_and_fails():
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([])
+    assert exit_info.value.code == 2
+
+
+def test_train_arguments_come_from_yaml_and_flags_override(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model_name_or_path: some/model\nquantization: 4bit\nloss: dpo\nbeta: 0.2\nlearning_rate: 1.0e-4\n"
+        "lora_r: 8\noutput_dir: out/run\n"
+    )
+    script_args, training_args = cli.parse_train_arguments(["--config", str(config), "--learning_rate", "3e-4"])
+    assert script_args.model_name_or_path == "some/model" and script_args.quantization == "4bit"
+    assert script_args.lora_r == 8 and script_args.use_lora is True
+    assert training_args.learning_rate == 3e-4  # the flag wins over the YAML
+    assert training_args.beta == 0.2 and training_args.output_dir == "out/run"
+    assert training_args.loss_components() == (("dpo", 1.0),)
+
+
+def test_unknown_yaml_keys_are_rejected(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("learning_rat: 1.0e-4\n")
+    with pytest.raises(SystemExit, match="learning_rat"):
+        cli.parse_train_arguments(["--config", str(config)])
+
+
+def test_preference_metrics_by_hand():
+    # beta = 0.5; pair 1: rewards 0.5*(-1-(-2)) = 0.5 vs 0.5*(-4-(-3)) = -0.5 -> margin 1.0, correct;
+    # pair 2: rewards 0.5*(-3-(-3)) = 0 vs 0.5*(-1-(-2)) = 0.5 -> margin -0.5, wrong. Mean margin 0.25.
+    policy = {"chosen": torch.tensor([-1.0, -3.0]), "rejected": torch.tensor([-4.0, -1.0]),
+              "chosen_tokens": torch.tensor([1, 3]), "rejected_tokens": torch.tensor([4, 1])}
+    reference = {"chosen": torch.tensor([-2.0, -3.0]), "rejected": torch.tensor([-3.0, -2.0])}
+    metrics = main_job.preference_metrics(policy, reference, beta=0.5)
+    assert metrics["reward_accuracy"] == 0.5 and metrics["reward_margin"] == pytest.approx(0.25)
+    # log-probs: -1 > -4 yes, -3 > -1 no; per token: -1 > -1 no (tie), -1 > -1 no
+    assert metrics["logp_accuracy"] == 0.5 and metrics["logp_per_token_accuracy"] == 0.0
+    assert metrics["logp_margin"] == pytest.approx(0.5)
+
+
+def test_sequence_logps_sum_the_response_tokens_only(checkpoint):
+    model, tokenizer = models.load_model(checkpoint)
+    row = {"prompt": [{"role": "user", "content": "2 + 2?"}], "chosen": [{"role": "assistant", "content": "4"}],
+           "rejected": [{"role": "assistant", "content": "five"}]}
+    logps = main_job.sequence_logps(model, tokenizer, [row, row], batch_size=3)  # a batch split across rows
+    ids, start = main_job._response_token_ids(tokenizer, row["prompt"], row["rejected"])
+    with torch.no_grad():
+        token_logps = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1], -1)
+    expected = sum(token_logps[position - 1, ids[position]] for position in range(start, len(ids)))
+    torch.testing.assert_close(logps["rejected"], torch.stack([expected, expected]), rtol=1e-4, atol=1e-4)
+    assert logps["rejected_tokens"].tolist() == [len(ids) - start] * 2
+
+
+@pytest.mark.slow
+def test_train_command_runs_on_a_tiny_model_and_a_jsonl_file(tmp_path, checkpoint):
+    rows = [{"prompt": f"{a} + {a} =", "chosen": f" {2 * a}", "rejected": f" {2 * a + 1}"} for a in range(8)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output_dir = tmp_path / "run"
+    cli.main(["train", "--model_name_or_path", str(checkpoint), "--dataset", str(data), "--output_dir", str(output_dir),
+              "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--lora_r", "4",
+              "--use_cpu", "true", "--loss", "dpo"])
+    assert (output_dir / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_main_job_writes_metrics_and_adapter(tmp_path, checkpoint, monkeypatch):
+    monkeypatch.setattr(models, "default_model", lambda **kwargs: models.load_model(checkpoint, **kwargs))
+    result = main_job.main(["--output-dir", str(tmp_path), "--max-steps", "2", "--batch-size", "2", "--num-test-pairs", "4"])
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["before"] == result["before"] and written["after"]["num_pairs"] == 4
+    assert written["before"]["reward_margin"] == 0.0  # a fresh adapter is the reference
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
