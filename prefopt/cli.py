@@ -69,7 +69,12 @@ def _parser():
 
     from prefopt.config import PrefOptConfig
 
-    return HfArgumentParser((ScriptArguments, PrefOptConfig), prog="prefopt train")
+    return HfArgumentParser(
+        (ScriptArguments, PrefOptConfig),
+        prog="prefopt train",
+        description="Train with a registered loss. --config FILE.yaml sets any option below (YAML keys = option "
+        "names without '--'); options given on the command line override the file.",
+    )
 
 
 def _cuda_available() -> bool:

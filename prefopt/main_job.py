@@ -40,11 +40,15 @@ OUTPUT_DIR = "outputs/main"
 
 
 def _response_token_ids(tokenizer, prompt: list[dict], response: list[dict]) -> tuple[list[int], int]:
-    """Token ids of prompt + response as the chat template renders them, and where the response starts."""
-    prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)
-    full_ids = tokenizer.apply_chat_template(prompt + response, tokenize=True)
-    prompt_ids = list(prompt_ids["input_ids"] if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "keys") else prompt_ids)
-    full_ids = list(full_ids["input_ids"] if isinstance(full_ids, dict) or hasattr(full_ids, "keys") else full_ids)
+    """Token ids of a conversational prompt + response as the chat template renders them (as TRL does),
+    and where the response starts."""
+
+    def token_ids(messages: list[dict], **options) -> list[int]:
+        encoded = tokenizer.apply_chat_template(messages, tokenize=True, **options)
+        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)  # a BatchEncoding in transformers 5
+
+    prompt_ids = token_ids(prompt, add_generation_prompt=True)
+    full_ids = token_ids(prompt + response)
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise ValueError("the chat template renders the prompt differently with and without the response")
     return full_ids, len(prompt_ids)
@@ -125,13 +129,26 @@ def _table(before: dict[str, float], after: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+# What the trainer can fill from the bundled pairwise tasks (they carry score_chosen / score_rejected).
+_FIELDS_FROM_PAIRWISE_TASKS = {"policy", "reference", "lengths", "mask", "scores"}
+
+
+def trainable_losses() -> list[str]:
+    """Registered losses the main job can train with: K = 2 allowed, all needed fields offline."""
+    from prefopt.losses import get_loss, list_losses
+
+    return [
+        name
+        for name in list_losses()
+        if get_loss(name).responses != "single" and set(get_loss(name).required_fields) <= _FIELDS_FROM_PAIRWISE_TASKS
+    ]
+
+
 def _parse(argv: Sequence[str] | None):
     import argparse
 
-    from prefopt.losses import list_losses
-
     parser = argparse.ArgumentParser(prog="prefopt main", description=__doc__.splitlines()[0])
-    parser.add_argument("--loss", default=LOSS, choices=list_losses(), help="registered loss to train with")
+    parser.add_argument("--loss", default=LOSS, choices=trainable_losses(), help="registered loss to train with")
     parser.add_argument("--task", default=TASK, help="bundled task (prefopt.data.list_tasks())")
     parser.add_argument("--output-dir", default=OUTPUT_DIR, help="where the adapter and metrics.json go")
     parser.add_argument("--max-steps", type=int, default=MAX_STEPS, help="optimizer steps")
@@ -203,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     print(f"[5/5] saving the adapter and metrics.json to {output_dir}", flush=True)
     adapter_dir = output_dir / "adapter"
-    model.save_pretrained(adapter_dir)
+    model.save_pretrained(adapter_dir, selected_adapters=["default"])  # not the trainer's frozen "ref" copy
     tokenizer.save_pretrained(adapter_dir)
     result = {
         "task": options.task,

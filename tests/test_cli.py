@@ -109,3 +109,12 @@ def test_main_job_writes_metrics_and_adapter(tmp_path, checkpoint, monkeypatch):
     assert written["before"] == result["before"] and written["after"]["num_pairs"] == 4
     assert written["before"]["reward_margin"] == 0.0  # a fresh adapter is the reference
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_main_job_offers_exactly_the_losses_its_pairwise_data_can_feed():
+    offered = set(main_job.trainable_losses())
+    assert "dpo" in offered
+    for name in list_losses():
+        spec = get_loss(name)
+        feedable = spec.responses != "single" and set(spec.required_fields) <= {"policy", "reference", "lengths", "mask", "scores"}
+        assert (name in offered) == feedable, name
