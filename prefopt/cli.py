@@ -12,21 +12,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
-_RESPONSES_K = {"pair": "2", "ranked": ">=2", "single": "1"}
-
 
 def losses_table() -> str:
-    """A markdown table of every registered loss, generated from the registry."""
-    from prefopt.losses import get_loss, list_losses
+    """The loss registry as a markdown table: the one the README shows, generated from the specs."""
+    from prefopt.losses._table import markdown_table
 
-    lines = ["| loss | K | reference | hyper-parameters (defaults) | paper |", "|---|---|---|---|---|"]
-    for name in list_losses():
-        spec = get_loss(name)
-        hyper = ", ".join(f"{key}={value!r}" for key, value in spec.hyperparameters.items()) or "-"
-        paper = spec.paper + (f" (arXiv:{spec.arxiv})" if spec.arxiv else "")
-        reference = "yes" if spec.needs_reference else "no"
-        lines.append(f"| {name} | {_RESPONSES_K[spec.responses]} | {reference} | {hyper} | {paper} |")
-    return "\n".join(lines)
+    return markdown_table()
 
 
 @dataclass
