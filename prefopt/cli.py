@@ -141,10 +141,11 @@ def train(argv: Sequence[str]) -> None:
             target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
             task_type="CAUSAL_LM",
         )
+    # LoRA goes to the trainer as peft_config, so its reference is the adapter-disabled base model
+    # (an already-wrapped model would make TRL keep a frozen copy of the fresh adapter instead).
     model, tokenizer = load_model(
         path,
         quantization=script_args.quantization,
-        lora=lora,
         gguf_file=script_args.gguf_file,
         dtype=script_args.model_dtype,
         gradient_checkpointing=training_args.gradient_checkpointing,
@@ -158,6 +159,7 @@ def train(argv: Sequence[str]) -> None:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
         processing_class=tokenizer,
+        peft_config=lora,
     )
     trainer.train()
     trainer.save_model(training_args.output_dir)

@@ -168,13 +168,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from prefopt import PrefOptConfig, Trainer
     from prefopt.data import get_task
     from prefopt.losses import get_loss
-    from prefopt.models import default_model
+    from prefopt.models import default_lora_config, default_model
 
     started = time.time()
     set_seed(options.seed)
     output_dir = Path(options.output_dir)
     print(f"[1/5] loading SmolLM2-135M-Instruct with a LoRA adapter (the first run converts the GGUF, ~30 s)", flush=True)
-    model, tokenizer = default_model(lora=True)
+    # The trainer adds the LoRA adapter (peft_config), so the reference is the adapter-disabled base model.
+    model, tokenizer = default_model()
+    lora = default_lora_config()
 
     splits = get_task(options.task).load("pairwise")
     train_dataset = splits["train"].shuffle(seed=options.seed)
@@ -209,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         dataloader_num_workers=0,
     )
     print(f"[3/5] training: loss {options.loss!r}, {options.max_steps} steps x {options.batch_size} pairs", flush=True)
-    trainer = Trainer(model, args=args, train_dataset=train_dataset, processing_class=tokenizer)
+    trainer = Trainer(model, args=args, train_dataset=train_dataset, processing_class=tokenizer, peft_config=lora)
+    model = trainer.model  # the PEFT-wrapped policy
     training_started = time.time()
     train_output = trainer.train()
     training_seconds = time.time() - training_started
@@ -220,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     print(f"[5/5] saving the adapter and metrics.json to {output_dir}", flush=True)
     adapter_dir = output_dir / "adapter"
-    model.save_pretrained(adapter_dir, selected_adapters=["default"])  # not the trainer's frozen "ref" copy
+    model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     result = {
         "task": options.task,
@@ -233,7 +236,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "max_length": MAX_LENGTH,
             "train_pairs_seen": options.max_steps * options.batch_size,
             "train_pairs_available": len(train_dataset),
-            "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"},
+            "lora": {"r": lora.r, "lora_alpha": lora.lora_alpha, "lora_dropout": lora.lora_dropout,
+                     "target_modules": sorted(lora.target_modules) if isinstance(lora.target_modules, set)
+                     else lora.target_modules},
             "seed": options.seed,
         },
         "before": before,

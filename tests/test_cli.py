@@ -112,6 +112,7 @@ def test_train_command_runs_on_a_tiny_model_and_a_jsonl_file(tmp_path, checkpoin
               "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--lora_r", "4",
               "--use_cpu", "true", "--loss", "dpo"])
     assert (output_dir / "adapter_config.json").is_file()
+    assert not (output_dir / "ref").exists(), "the reference is the adapter-disabled base, not a saved adapter copy"
 
 
 @pytest.mark.slow
@@ -122,6 +123,7 @@ def test_main_job_writes_metrics_and_adapter(tmp_path, checkpoint, monkeypatch):
     assert written["before"] == result["before"] and written["after"]["num_pairs"] == 4
     assert written["before"]["reward_margin"] == 0.0  # a fresh adapter is the reference
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "adapter" / "ref").exists()
 
 
 def test_main_job_offers_exactly_the_losses_its_pairwise_data_can_feed():
