@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
 from typing import Any
 
 import torch
@@ -49,6 +50,8 @@ from prefopt._trainer_data import (
 )
 from prefopt.config import PrefOptConfig
 from prefopt.losses import LogProbs, combine_losses
+
+logger = logging.getLogger(__name__)
 
 # Batch keys that are not model inputs.
 _NON_MODEL_KEYS = ("completion_mask", "response_index", "ref_chosen_logps", "ref_rejected_logps")
@@ -121,6 +124,7 @@ class Trainer(DPOTrainer):
         self._check_loss_can_be_served(first_example)
         needs_reference = self.preference_loss.needs_reference
         self._reference_hits = self._reference_misses = 0
+        self.dropped_rows: dict[str, int] = {}  # dataset name -> rows filtered out during preparation
 
         # TRL would reload the reference from `model.config._name_or_path`, which an in-memory model does not have.
         uses_peft = peft_config is not None or is_peft_model(model)
@@ -202,6 +206,21 @@ class Trainer(DPOTrainer):
     # ------------------------------------------------------------------------------------------ data
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """Tokenise like TRL, then report the rows TRL's preparation filters out (it does so silently)."""
+        rows_before = len(dataset) if isinstance(dataset, Dataset) else None
+        prepared = self._tokenize(dataset, processing_class, args, dataset_name)
+        if rows_before is not None:
+            dropped = rows_before - len(prepared)
+            self.dropped_rows[dataset_name] = dropped
+            if dropped:
+                logger.warning(
+                    "%s dataset: dropped %d of %d rows whose prompt alone fills max_length=%s tokens "
+                    "(raise max_length or shorten those prompts to keep them)",
+                    dataset_name, dropped, rows_before, args.max_length,
+                )
+        return prepared
+
+    def _tokenize(self, dataset, processing_class, args, dataset_name):
         first_example = next(iter(dataset))
         if "prompt_ids" in first_example and ("chosen_ids" in first_example or "completions_ids" in first_example):
             return dataset  # already tokenised

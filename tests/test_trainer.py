@@ -250,3 +250,18 @@ def test_reference_free_loss_runs_no_reference(tmp_path):
     assert trainer.ref_model is None
     trainer.train()
     assert _CountingTrainer.reference_forwards == 0
+
+
+@pytest.mark.parametrize("factory", [pair_dataset, kwise_dataset], ids=["pairs", "kwise"])
+def test_rows_dropped_for_long_prompts_are_counted_and_reported(tmp_path, factory, caplog):
+    """TRL silently filters rows whose prompt alone fills max_length; prefopt reports how many."""
+    dataset = factory(8)
+    long_prompt = " ".join(["please"] * 40)
+    dataset = dataset.map(lambda row, i: {"prompt": long_prompt if i < 3 else row["prompt"]}, with_indices=True)
+    loss = "plackett_luce" if factory is kwise_dataset else "dpo"
+    with caplog.at_level("WARNING", logger="prefopt.trainer"):
+        trainer = Trainer(make_model(), train_dataset=dataset, processing_class=make_tokenizer(),
+                          args=PrefOptConfig(loss=loss, max_length=20, **config_kwargs(tmp_path)))
+    assert trainer.dropped_rows == {"train": 3}
+    assert len(trainer.train_dataset) == 5
+    assert "dropped 3 of 8 rows whose prompt alone fills max_length=20" in caplog.text
