@@ -116,6 +116,16 @@ def _require_list(row: dict, name: str) -> list:
     return value
 
 
+def _require_responses(row: dict, name: str) -> list:
+    """A list of at least 2 response texts, each checked; errors name the source position, before any reordering."""
+    responses = _require_list(row, name)
+    if len(responses) < 2:
+        raise InvalidRowError(None, name, TOO_FEW, f"got {len(responses)}")
+    for position, response in enumerate(responses):
+        check_text(response, f"{name}[{position}]", completion=True)
+    return responses
+
+
 def split_implicit_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
     """(prompt, chosen, rejected) from two full texts or conversations that share their beginning.
 
@@ -328,11 +338,7 @@ def _aligned_scores(row: dict, key: str, length: int) -> list[float] | None:
 )
 def ranked_adapter(row: dict) -> dict:
     prompt = _require(row, "prompt")
-    completions = _require_list(row, "completions")
-    if len(completions) < 2:
-        raise InvalidRowError(None, "completions", TOO_FEW, f"got {len(completions)}")
-    for position, completion in enumerate(completions):  # errors name the source position, before reordering
-        check_text(completion, f"completions[{position}]", completion=True)
+    completions = _require_responses(row, "completions")
     scores = _aligned_scores(row, "scores", len(completions))
     if row.get("ranking") is not None:
         ranking = _require_list(row, "ranking")
@@ -358,11 +364,7 @@ def ranked_adapter(row: dict) -> dict:
 )
 def scored_adapter(row: dict) -> dict:
     prompt = _require(row, "prompt")
-    responses = _require_list(row, "responses")
-    if len(responses) < 2:
-        raise InvalidRowError(None, "responses", TOO_FEW, f"got {len(responses)}")
-    for position, response in enumerate(responses):  # errors name the source position, before sorting
-        check_text(response, f"responses[{position}]", completion=True)
+    responses = _require_responses(row, "responses")
     scores = _aligned_scores(row, "scores", len(responses))
     if scores is None:
         raise InvalidRowError(None, "scores", MISSING)
