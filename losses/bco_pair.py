@@ -8,9 +8,10 @@ negative for a logistic classifier whose logit is the implicit reward shifted by
 
 Running state: the paper sets delta to a running mean of the implicit rewards. TRL 1.16's
 ``loss_type="bco_pair"`` no longer keeps that state (it is delta = 0), which is prefopt's default so
-the values match TRL. prefopt exposes delta as a hyper-parameter: to follow the paper, pass the
-running mean of ``rewards/chosen`` and ``rewards/rejected`` (the trainer's logged metrics) as
-``delta`` in ``loss_kwargs``; the trainer does not update it by itself yet. Default beta = 0.1.
+the values match TRL. prefopt keeps the loss pure and exposes delta as a hyper-parameter; to follow
+the paper, train with ``prefopt.callbacks.RewardShiftCallback``, which sets delta to the running mean
+of beta * (policy - reference) over every response trained on so far (or pass a fixed ``delta`` in
+``loss_kwargs``). Default beta = 0.1.
 """
 
 from __future__ import annotations

@@ -97,3 +97,50 @@ class ReferenceRefreshCallback(TrainerCallback):
                 reference_parameter.mul_(1.0 - self.mixup_alpha).add_(policy_parameter, alpha=self.mixup_alpha)
             self.refreshes += 1
         return control
+
+
+class RewardShiftCallback(TrainerCallback):
+    """Keeps a loss's reward-shift hyper-parameter at the running mean of the implicit rewards.
+
+    BCO (Jung et al. 2024, arXiv:2404.04656) shifts its classifier logit by delta, a running mean of
+    the rewards beta * (log pi - log pi_ref) of every response seen so far; TRL 1.16 dropped that
+    state (delta = 0). With this callback the trainer supplies it:
+
+        Trainer(..., args=PrefOptConfig(loss="bco_pair"), callbacks=[RewardShiftCallback()])
+
+    After every forward pass of training it adds the batch's rewards (with the loss's own beta) to a
+    count-weighted running mean and writes it into ``trainer.loss_hyperparameters[loss][hyperparameter]``,
+    so each step uses the mean of the batches before it (one batch behind TRL's old in-step update).
+    """
+
+    def __init__(self, loss: str = "bco_pair", hyperparameter: str = "delta"):
+        self.loss, self.hyperparameter = loss, hyperparameter
+        self.trainer = None
+        self.count, self.mean = 0, 0.0
+
+    def bind_trainer(self, trainer) -> None:
+        if self.loss not in trainer.preference_loss.names:
+            raise ValueError(f"RewardShiftCallback: loss {self.loss!r} is not trained here {list(trainer.preference_loss.names)}")
+        hyperparameters = trainer.loss_hyperparameters[self.loss]
+        if self.hyperparameter not in hyperparameters or "beta" not in hyperparameters:
+            raise ValueError(f"RewardShiftCallback: loss {self.loss!r} needs hyper-parameters beta and {self.hyperparameter!r}")
+        self.trainer = trainer
+
+    def _update(self) -> None:
+        if self.trainer is None:
+            raise RuntimeError("RewardShiftCallback needs prefopt.Trainer (which calls bind_trainer)")
+        log_ratios, self.trainer.latest_log_ratios = self.trainer.latest_log_ratios, None
+        if log_ratios is None or log_ratios.numel() == 0:
+            return
+        hyperparameters = self.trainer.loss_hyperparameters[self.loss]
+        rewards = hyperparameters["beta"] * log_ratios.float()
+        total = self.count + rewards.numel()
+        self.mean += (rewards.sum().item() - rewards.numel() * self.mean) / total
+        self.count = total
+        hyperparameters[self.hyperparameter] = self.mean
+
+    def on_substep_end(self, args, state, control, **kwargs):  # gradient-accumulation micro-steps
+        self._update()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._update()

@@ -125,6 +125,7 @@ class Trainer(DPOTrainer):
         needs_reference = self.preference_loss.needs_reference
         self._reference_hits = self._reference_misses = 0
         self.dropped_rows: dict[str, int] = {}  # dataset name -> rows filtered out during preparation
+        self.latest_log_ratios: torch.Tensor | None = None  # policy - reference of the last training batch's responses
 
         # TRL would reload the reference from `model.config._name_or_path`, which an in-memory model does not have.
         uses_peft = peft_config is not None or is_peft_model(model)
@@ -352,6 +353,9 @@ class Trainer(DPOTrainer):
             if field not in fields:
                 fields[field] = inputs[f"field_{field}"].to(policy_rows.dtype)
         batch = LogProbs(**fields)
+        if mode == "train" and batch.reference is not None:
+            # for callbacks that keep running statistics of the implicit rewards (e.g. RewardShiftCallback)
+            self.latest_log_ratios = (batch.policy - batch.reference).detach()[real]
         per_component = self.preference_loss.components_per_example(batch, per_loss=self.loss_hyperparameters)
         loss = 0.0
         for spec, weight in self.preference_loss.components:

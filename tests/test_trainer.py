@@ -265,3 +265,33 @@ def test_rows_dropped_for_long_prompts_are_counted_and_reported(tmp_path, factor
     assert trainer.dropped_rows == {"train": 3}
     assert len(trainer.train_dataset) == 5
     assert "dropped 3 of 8 rows whose prompt alone fills max_length=20" in caplog.text
+
+
+def test_reward_shift_callback_tracks_the_running_mean_reward(tmp_path):
+    """BCO's delta = the count-weighted mean of beta * (policy - reference) over every response trained on."""
+    from prefopt.callbacks import RewardShiftCallback
+
+    seen = []
+
+    class Recorder(TrainerCallback):  # runs before the shift callback's update of the same step
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(trainer.latest_log_ratios.clone())
+
+    shift = RewardShiftCallback()
+    trainer = Trainer(make_model(), train_dataset=pair_dataset(8), processing_class=make_tokenizer(),
+                      args=PrefOptConfig(loss="bco_pair", beta=0.5, **config_kwargs(tmp_path, max_steps=3, learning_rate=5e-3)),
+                      callbacks=[Recorder(), shift])
+    assert trainer.loss_hyperparameters["bco_pair"]["delta"] == 0.0
+    trainer.train()
+    expected = (0.5 * torch.cat(seen)).mean().item()
+    assert len(seen) == 3 and shift.count == sum(r.numel() for r in seen)
+    assert trainer.loss_hyperparameters["bco_pair"]["delta"] == pytest.approx(expected, rel=1e-6)
+    assert expected != 0.0
+
+
+def test_reward_shift_callback_refuses_a_loss_without_the_shift(tmp_path):
+    from prefopt.callbacks import RewardShiftCallback
+
+    with pytest.raises(ValueError, match="needs hyper-parameters beta and 'delta'"):
+        Trainer(make_model(), train_dataset=pair_dataset(4), processing_class=make_tokenizer(),
+                args=PrefOptConfig(loss="dpo", **config_kwargs(tmp_path)), callbacks=[RewardShiftCallback(loss="dpo")])
