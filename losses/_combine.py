@@ -98,7 +98,7 @@ def combine_losses(losses: str | Mapping[str, float] | Iterable[str | tuple[str,
         name, weight = item
         spec = get_loss(name)
         if name in seen:
-            raise ValueError(f"loss {name!r} appears twice in the combination; give it one weight")
+            raise ValueError(f"loss {name!r} appears more than once in the combination; give it once with its total weight")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise ValueError(f"weight of loss {name!r} must be a finite number, got {weight!r}")
         seen.add(name)

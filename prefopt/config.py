@@ -19,7 +19,7 @@ from typing import Any
 
 from trl import DPOConfig
 
-from prefopt.losses import get_loss, list_losses
+from prefopt.losses import combine_losses, get_loss, list_losses
 
 # DPOConfig fields that TRL passes to its losses, and the registry hyper-parameter names they fill
 # when the loss is chosen through TRL's `loss_type` (i.e. `loss` is left unset).
@@ -49,36 +49,25 @@ def _loss_help() -> str:
 
 
 def parse_loss(loss: Any) -> tuple[tuple[str, float], ...]:
-    """Normalise ``loss`` ("dpo", "dpo:1,sft:0.5", ["dpo", ("sft", 0.5)]) to ((name, weight), ...), validated."""
-    if isinstance(loss, str):
-        items = [part.strip() for part in loss.split(",") if part.strip()]
-        parsed = []
-        for item in items:
+    """Normalise ``loss`` ("dpo", "dpo:1,sft:0.5", ["dpo", ("sft", 0.5)]) to ((name, weight), ...), validated
+    by `prefopt.losses.combine_losses` (unknown or repeated names, non-finite weights)."""
+    if isinstance(loss, str):  # the command-line form
+        items = []
+        for item in (part.strip() for part in loss.split(",")):
+            if not item:
+                continue
             name, _, weight = item.partition(":")
             try:
-                parsed.append((name.strip(), float(weight) if weight.strip() else 1.0))
+                items.append((name.strip(), float(weight) if weight.strip() else 1.0))
             except ValueError:
                 raise ValueError(f"loss {loss!r}: weight {weight!r} of {name!r} is not a number") from None
     elif isinstance(loss, (list, tuple)):
-        parsed = []
-        for item in loss:
-            if isinstance(item, str):
-                parsed.append((item, 1.0))
-            elif isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str):
-                parsed.append((item[0], float(item[1])))
-            else:
-                raise ValueError(f"loss entries must be a name or a (name, weight) pair, got {item!r}")
+        items = list(loss)
     else:
         raise TypeError(f"loss must be a name, 'name:weight,...' or a list of (name, weight), got {type(loss).__name__}")
-    if not parsed:
+    if not items:
         raise ValueError(f"loss {loss!r} names no loss")
-    names = [name for name, _ in parsed]
-    for name in names:
-        get_loss(name)  # raises a ValueError listing the registered losses
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"loss {loss!r} names {duplicates} more than once; give each loss once with its total weight")
-    return tuple(parsed)
+    return tuple((spec.name, weight) for spec, weight in combine_losses(items).components)
 
 
 @dataclass
@@ -138,26 +127,17 @@ class PrefOptConfig(DPOConfig):
         return parse_loss(components)
 
     def loss_hyperparameters(self) -> dict[str, dict[str, Any]]:
-        """Resolved hyper-parameters of every component, by loss name (validated by each spec)."""
-        components = self.loss_components()
-        names = [name for name, _ in components]
-        kwargs = dict(self.loss_kwargs or {})
-        own = {name: dict(kwargs.pop(name)) for name in names if isinstance(kwargs.get(name), dict)}
-        for key in kwargs:
-            if not any(key in get_loss(name).hyperparameters for name in names):
-                accepted = {name: sorted(get_loss(name).hyperparameters) for name in names}
-                raise TypeError(f"loss_kwargs key {key!r} is accepted by no loss in {names}; they accept {accepted}")
-        resolved = {}
-        for name in names:
-            spec = get_loss(name)
-            given = {key: value for key, value in kwargs.items() if key in spec.hyperparameters}
-            if self.loss is None:  # TRL-style config: TRL's own fields feed the matching hyper-parameters
-                for trl_field, candidates in _TRL_FIELD_TO_HYPERPARAMETERS.items():
-                    for candidate in candidates:
-                        if candidate in spec.hyperparameters and candidate not in given:
-                            given[candidate] = getattr(self, trl_field)
-            given.update(own.get(name, {}))
-            if "beta" in spec.hyperparameters:
-                given.setdefault("beta", self.beta)
-            resolved[name] = spec.resolve_hyperparameters(**given)
-        return resolved
+        """Resolved hyper-parameters of every component, by loss name (validated by each spec).
+
+        Flat `loss_kwargs` keys go to every component accepting them, a component's own dict wins, and
+        `beta` (and, for a TRL-style config, `label_smoothing` / `discopop_tau`) fill what is not given."""
+        loss = combine_losses(self.loss_components())
+        shared = dict(self.loss_kwargs or {})
+        own = {name: shared.pop(name) for name in loss.names if isinstance(shared.get(name), dict)}
+        defaults = {"beta": self.beta}
+        if self.loss is None:  # TRL-style config: TRL's own fields feed the matching hyper-parameters
+            for trl_field, candidates in _TRL_FIELD_TO_HYPERPARAMETERS.items():
+                defaults.update((candidate, getattr(self, trl_field)) for candidate in candidates)
+        accepted = {name for spec, _ in loss.components for name in spec.hyperparameters}
+        shared = {**{k: v for k, v in defaults.items() if k in accepted}, **shared}
+        return loss.component_hyperparameters(own, **shared)

@@ -240,7 +240,7 @@ def test_combination_errors():
         combine_losses(["dpo", "sft"])(batch, eta=0.1)
     with pytest.raises(ValueError, match="not in this combination"):
         combine_losses(["dpo"])(batch, per_loss={"rpo": {"eta": 1.0}})
-    with pytest.raises(ValueError, match="appears twice"):
+    with pytest.raises(ValueError, match="appears more than once"):
         combine_losses(["dpo", "dpo"])
     with pytest.raises(ValueError, match="finite number"):
         combine_losses([("dpo", math.nan)])
