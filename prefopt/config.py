@@ -13,12 +13,12 @@ in a notebook are accepted).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from trl import DPOConfig
 
+from prefopt._cache import cache_root
 from prefopt.losses import combine_losses, get_loss, list_losses
 
 # DPOConfig fields that TRL passes to its losses, and the registry hyper-parameter names they fill
@@ -27,11 +27,6 @@ _TRL_FIELD_TO_HYPERPARAMETERS = {
     "label_smoothing": ("epsilon", "label_smoothing"),
     "discopop_tau": ("tau", "discopop_tau"),
 }
-
-
-def _default_cache_dir() -> str:
-    root = os.environ.get("PREFOPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "prefopt")
-    return os.path.join(root, "ref_logps")
 
 
 def _loss_help() -> str:
@@ -107,7 +102,7 @@ class PrefOptConfig(DPOConfig):
             self.loss_kwargs = json.loads(self.loss_kwargs) if self.loss_kwargs.strip() else None
         super().__post_init__()
         if self.ref_logps_cache_dir is None:
-            self.ref_logps_cache_dir = _default_cache_dir()
+            self.ref_logps_cache_dir = str(cache_root() / "ref_logps")
         self.loss_hyperparameters()  # validates names, weights and hyper-parameters now, not at the first step
 
     def loss_components(self) -> tuple[tuple[str, float], ...]:

