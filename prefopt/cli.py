@@ -124,9 +124,7 @@ def _load_datasets(script_args: ScriptArguments):
 
 
 def train(argv: Sequence[str]) -> None:
-    from peft import LoraConfig
-
-    from prefopt.models import default_model_path, load_model
+    from prefopt.models import default_lora_config, default_model_path, load_model
     from prefopt.trainer import Trainer
 
     script_args, training_args = parse_train_arguments(argv)
@@ -134,12 +132,11 @@ def train(argv: Sequence[str]) -> None:
     lora = None
     if script_args.use_lora:
         targets = script_args.lora_target_modules
-        lora = LoraConfig(
+        lora = default_lora_config(
             r=script_args.lora_r,
             lora_alpha=script_args.lora_alpha,
             lora_dropout=script_args.lora_dropout,
             target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-            task_type="CAUSAL_LM",
         )
     # LoRA goes to the trainer as peft_config, so its reference is the adapter-disabled base model
     # (an already-wrapped model would make TRL keep a frozen copy of the fresh adapter instead).
