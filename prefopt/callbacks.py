@@ -6,13 +6,43 @@
 
 Both need the trainer itself (to evaluate, to reach the reference model); `prefopt.Trainer` hands it
 over by calling `bind_trainer(trainer)` after construction. Any other `TrainerCallback` works unchanged.
+
+Running state lives with its owner and is checkpointed: a `StatefulCallback` (``state_dict`` /
+``load_state_dict``) is saved in every checkpoint folder and restored by
+``trainer.train(resume_from_checkpoint=...)``, so a resumed run continues exactly as the uninterrupted
+one. A `LossStateCallback` is the running state of a loss: the trainer shows it every training batch
+(``observe(batch)``) and overlays its ``loss_hyperparameters()`` on the configured ones at every step
+(BCO's reward shift today; f-DPG's running log Z and baseline fit the same two methods).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from accelerate.utils import is_peft_model
 from transformers import TrainerCallback
+
+
+class StatefulCallback(TrainerCallback):
+    """A callback whose running state is saved with every checkpoint and restored on resume."""
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class LossStateCallback(StatefulCallback):
+    """Running state of a loss: updated from every training batch, read by the loss at every step."""
+
+    def observe(self, batch) -> None:
+        """Called by the trainer after each training forward with the (detached) `LogProbs` batch."""
+
+    def loss_hyperparameters(self) -> dict[str, dict[str, Any]]:
+        """Hyper-parameters overriding the configured ones this step, by loss name."""
+        return {}
 
 
 class PreferenceEvalCallback(TrainerCallback):
@@ -55,7 +85,7 @@ class PreferenceEvalCallback(TrainerCallback):
         return control
 
 
-class ReferenceRefreshCallback(TrainerCallback):
+class ReferenceRefreshCallback(StatefulCallback):
     """TR-DPO reference refresh: every ``every_n_steps`` steps, ref <- alpha * policy + (1 - alpha) * ref.
 
     Gorbatovski et al. 2024, "Learn Your Reference Model for Real Good Alignment" (arXiv 2404.09656);
@@ -64,6 +94,8 @@ class ReferenceRefreshCallback(TrainerCallback):
       * PEFT without ``ref_model``: the reference is the base model with the adapter disabled, which the
         policy shares, so it cannot move without moving the policy;
       * ``precompute_ref_log_probs=True``: the stored reference log-probs would be stale.
+    The refreshed reference weights are part of the checkpoint (``state_dict``), so a resumed run
+    scores against the same reference as the uninterrupted one.
     """
 
     def __init__(self, every_n_steps: int = 512, mixup_alpha: float = 0.6):
@@ -98,8 +130,21 @@ class ReferenceRefreshCallback(TrainerCallback):
             self.refreshes += 1
         return control
 
+    def state_dict(self) -> dict[str, Any]:
+        if self.trainer is None:
+            raise RuntimeError("ReferenceRefreshCallback needs prefopt.Trainer (which calls bind_trainer)")
+        reference = self.trainer.accelerator.unwrap_model(self.trainer.ref_model)
+        weights = {name: tensor.detach().cpu().clone() for name, tensor in reference.state_dict().items()}
+        return {"refreshes": self.refreshes, "reference": weights}
 
-class RewardShiftCallback(TrainerCallback):
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.refreshes = state["refreshes"]
+        reference = self.trainer.accelerator.unwrap_model(self.trainer.ref_model)
+        reference.load_state_dict(state["reference"])
+
+
+class RewardShiftCallback(LossStateCallback):
     """Keeps a loss's reward-shift hyper-parameter at the running mean of the implicit rewards.
 
     BCO (Jung et al. 2024, arXiv:2404.04656) shifts its classifier logit by delta, a running mean of
@@ -108,14 +153,14 @@ class RewardShiftCallback(TrainerCallback):
 
         Trainer(..., args=PrefOptConfig(loss="bco_pair"), callbacks=[RewardShiftCallback()])
 
-    After every forward pass of training it adds the batch's rewards (with the loss's own beta) to a
-    count-weighted running mean and writes it into ``trainer.loss_hyperparameters[loss][hyperparameter]``,
-    so each step uses the mean of the batches before it (one batch behind TRL's old in-step update).
+    Every training batch adds its rewards (with the loss's own beta) to a count-weighted running mean
+    (``mean``, ``count``), and every step trains with ``delta = mean`` of the batches before it (one batch
+    behind TRL's old in-step update). The state is checkpointed (``state_dict``).
     """
 
     def __init__(self, loss: str = "bco_pair", hyperparameter: str = "delta"):
         self.loss, self.hyperparameter = loss, hyperparameter
-        self.trainer = None
+        self.beta: float | None = None
         self.count, self.mean = 0, 0.0
 
     def bind_trainer(self, trainer) -> None:
@@ -124,23 +169,24 @@ class RewardShiftCallback(TrainerCallback):
         hyperparameters = trainer.loss_hyperparameters[self.loss]
         if self.hyperparameter not in hyperparameters or "beta" not in hyperparameters:
             raise ValueError(f"RewardShiftCallback: loss {self.loss!r} needs hyper-parameters beta and {self.hyperparameter!r}")
-        self.trainer = trainer
+        self.beta = hyperparameters["beta"]
 
-    def _update(self) -> None:
-        if self.trainer is None:
+    def observe(self, batch) -> None:
+        if self.beta is None:
             raise RuntimeError("RewardShiftCallback needs prefopt.Trainer (which calls bind_trainer)")
-        log_ratios, self.trainer.latest_log_ratios = self.trainer.latest_log_ratios, None
-        if log_ratios is None or log_ratios.numel() == 0:
+        real = batch.mask if batch.mask is not None else torch.ones_like(batch.policy, dtype=torch.bool)
+        rewards = self.beta * (batch.policy - batch.reference)[real].double()
+        if rewards.numel() == 0:
             return
-        hyperparameters = self.trainer.loss_hyperparameters[self.loss]
-        rewards = hyperparameters["beta"] * log_ratios.float()
         total = self.count + rewards.numel()
         self.mean += (rewards.sum().item() - rewards.numel() * self.mean) / total
         self.count = total
-        hyperparameters[self.hyperparameter] = self.mean
 
-    def on_substep_end(self, args, state, control, **kwargs):  # gradient-accumulation micro-steps
-        self._update()
+    def loss_hyperparameters(self) -> dict[str, dict[str, Any]]:
+        return {self.loss: {self.hyperparameter: self.mean}} if self.count else {}
 
-    def on_step_end(self, args, state, control, **kwargs):
-        self._update()
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count, self.mean = int(state["count"]), float(state["mean"])

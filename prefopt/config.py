@@ -29,6 +29,9 @@ _TRL_FIELD_TO_HYPERPARAMETERS = {
 }
 
 
+_TRL_DEFAULT_BETA = 0.1  # trl.DPOConfig's default beta, kept for configs that choose the loss TRL's way
+
+
 def _loss_help() -> str:
     entries = []
     for name in list_losses():
@@ -73,19 +76,29 @@ class PrefOptConfig(DPOConfig):
         loss: registered loss name, a list of (name, weight), or 'name:weight,...'. Unset: mapped from TRL's
             `loss_type` / `loss_weights` through each spec's `trl_name` (so a TRL config works unchanged).
         loss_kwargs: hyper-parameters of the loss. Flat keys are shared by every component of a combination that
-            accepts them; a key equal to a component's name holds that component's own dict. `beta` defaults to
-            `args.beta` for every loss that has a `beta` hyper-parameter.
+            accepts them; a key equal to a component's name holds that component's own dict.
+        beta: changed default. Unset (None), every loss trains with its own registry default (simpo 2.0, dpo 0.1,
+            ...); set (here, on the command line or in YAML), it goes to every loss that has a `beta`. A TRL-style
+            config (`loss` unset, `loss_type` chosen) keeps TRL's default 0.1.
         ref_logps_cache_dir: where `precompute_ref_log_probs=True` stores reference log-probs, keyed by a fingerprint
             of the reference weights, the tokenised data and the truncation settings.
     """
 
     loss: str | None = field(default=None, metadata={"help": _loss_help()})
+    beta: float | None = field(
+        default=None,
+        metadata={
+            "help": "KL strength given to every loss that has a `beta` hyper-parameter. Unset: each loss uses its own "
+            "default (e.g. simpo 2.0, dpo 0.1; TRL's 0.1 when the loss is chosen by `loss_type`). A `beta` in "
+            "`loss_kwargs` wins over this one."
+        },
+    )
     loss_kwargs: dict | str | None = field(
         default=None,
         metadata={
             "help": "Hyper-parameters of the loss as a dict (JSON on the command line), e.g. '{\"epsilon\": 0.2}'. "
             "For a combination, a key naming a component holds that component's dict, e.g. "
-            "'{\"sft\": {...}}'; other keys go to every component accepting them. `beta` defaults to `beta`."
+            "'{\"sft\": {...}}'; other keys go to every component accepting them."
         },
     )
     ref_logps_cache_dir: str | None = field(
@@ -124,13 +137,15 @@ class PrefOptConfig(DPOConfig):
     def loss_hyperparameters(self) -> dict[str, dict[str, Any]]:
         """Resolved hyper-parameters of every component, by loss name (validated by each spec).
 
-        Flat `loss_kwargs` keys go to every component accepting them, a component's own dict wins, and
-        `beta` (and, for a TRL-style config, `label_smoothing` / `discopop_tau`) fill what is not given."""
+        Flat `loss_kwargs` keys go to every component accepting them, a component's own dict wins, then
+        an explicitly set `beta` (and, for a TRL-style config, `beta` with TRL's default 0.1 and
+        `label_smoothing` / `discopop_tau`) fill what is not given; the rest are each loss's own defaults."""
         loss = combine_losses(self.loss_components())
         shared = dict(self.loss_kwargs or {})
         own = {name: shared.pop(name) for name in loss.names if isinstance(shared.get(name), dict)}
-        defaults = {"beta": self.beta}
+        defaults = {} if self.beta is None else {"beta": self.beta}
         if self.loss is None:  # TRL-style config: TRL's own fields feed the matching hyper-parameters
+            defaults["beta"] = _TRL_DEFAULT_BETA if self.beta is None else self.beta
             for trl_field, candidates in _TRL_FIELD_TO_HYPERPARAMETERS.items():
                 defaults.update((candidate, getattr(self, trl_field)) for candidate in candidates)
         accepted = {name for spec, _ in loss.components for name in spec.hyperparameters}

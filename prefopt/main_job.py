@@ -16,7 +16,6 @@ Held-out metrics, on the test split (never trained on):
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import time
@@ -39,66 +38,32 @@ SEED = 0
 OUTPUT_DIR = "outputs/main"
 
 
-def _response_token_ids(tokenizer, prompt: list[dict], response: list[dict]) -> tuple[list[int], int]:
-    """Token ids of a conversational prompt + response as the chat template renders them (as TRL does),
-    and where the response starts."""
-
-    def token_ids(messages: list[dict], **options) -> list[int]:
-        encoded = tokenizer.apply_chat_template(messages, tokenize=True, **options)
-        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)  # a BatchEncoding in transformers 5
-
-    prompt_ids = token_ids(prompt, add_generation_prompt=True)
-    full_ids = token_ids(prompt + response)
-    if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise ValueError("the chat template renders the prompt differently with and without the response")
-    return full_ids, len(prompt_ids)
-
-
-@torch.no_grad()
 def sequence_logps(model, tokenizer, rows: Sequence[dict], batch_size: int = EVAL_BATCH_SIZE) -> dict[str, torch.Tensor]:
-    """Summed response log-probs and response lengths, ``{"chosen": [N], "rejected": [N], "*_tokens": [N]}``."""
-    sequences = []
-    for row in rows:
-        for key in ("chosen", "rejected"):
-            sequences.append(_response_token_ids(tokenizer, row["prompt"], row[key]))
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id
-    logps, lengths = [], []
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start : start + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        response_mask = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for i, (ids, response_start) in enumerate(chunk):  # right padding
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            attention_mask[i, : len(ids)] = 1
-            response_mask[i, response_start : len(ids)] = True
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float()
-        token_logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None].to(device)).squeeze(-1)
-        mask = response_mask[:, 1:].to(device)
-        logps.append((token_logps * mask).sum(-1).cpu())
-        lengths.append(mask.sum(-1).cpu())
-    model.train(was_training)
-    logps, lengths = torch.cat(logps), torch.cat(lengths)
+    """Summed response log-probs and response lengths, ``{"chosen": [N], "rejected": [N], "*_tokens": [N]}``,
+    by `prefopt.logprobs.score` (the trainer's routine and tokenisation)."""
+    from prefopt.logprobs import score
+
+    prompts = [row["prompt"] for row in rows for _ in ("chosen", "rejected")]
+    responses = [row[key] for row in rows for key in ("chosen", "rejected")]
+    result = score(model, tokenizer, prompts, responses, batch_size=batch_size)
+    logps, lengths = result.logps, result.lengths
     return {"chosen": logps[0::2], "rejected": logps[1::2], "chosen_tokens": lengths[0::2], "rejected_tokens": lengths[1::2]}
 
 
 def preference_metrics(policy: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], beta: float = BETA) -> dict[str, float]:
     """Held-out preference metrics from `sequence_logps` of the policy and the reference (module docstring)."""
-    reward_chosen = beta * (policy["chosen"] - reference["chosen"])
-    reward_rejected = beta * (policy["rejected"] - reference["rejected"])
-    per_token_chosen = policy["chosen"] / policy["chosen_tokens"]
-    per_token_rejected = policy["rejected"] / policy["rejected_tokens"]
+    from prefopt.logprobs import preference_accuracy
+
+    rewards = preference_accuracy(beta * (policy["chosen"] - reference["chosen"]), beta * (policy["rejected"] - reference["rejected"]))
+    logps = preference_accuracy(policy["chosen"], policy["rejected"])
+    per_token = preference_accuracy(policy["chosen"] / policy["chosen_tokens"], policy["rejected"] / policy["rejected_tokens"])
     return {
-        "reward_accuracy": (reward_chosen > reward_rejected).float().mean().item(),
-        "reward_margin": (reward_chosen - reward_rejected).mean().item(),
-        "logp_accuracy": (policy["chosen"] > policy["rejected"]).float().mean().item(),
-        "logp_per_token_accuracy": (per_token_chosen > per_token_rejected).float().mean().item(),
-        "logp_margin": (policy["chosen"] - policy["rejected"]).mean().item(),
-        "num_pairs": int(policy["chosen"].numel()),
+        "reward_accuracy": rewards["accuracy"],
+        "reward_margin": rewards["mean_margin"],
+        "logp_accuracy": logps["accuracy"],
+        "logp_per_token_accuracy": per_token["accuracy"],
+        "logp_margin": logps["mean_margin"],
+        "num_pairs": logps["count"],
     }
 
 
@@ -129,18 +94,19 @@ def _table(before: dict[str, float], after: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-# What the trainer can fill from the bundled pairwise tasks (they carry score_chosen / score_rejected).
-_FIELDS_FROM_PAIRWISE_TASKS = {"policy", "reference", "lengths", "mask", "scores"}
-
-
-def trainable_losses() -> list[str]:
-    """Registered losses the main job can train with: K = 2 allowed, all needed fields offline."""
+def trainable_losses(task: str = TASK) -> list[str]:
+    """Registered losses the main job can train on the task's pairwise rows: K = 2 allowed, and every
+    field they need has a field provider that can fill it from those rows."""
+    from prefopt.data import get_task
+    from prefopt.fields import servable_fields
     from prefopt.losses import get_loss, list_losses
 
+    first_row = get_task(task).load("pairwise", split="train")[0]
+    servable = servable_fields(first_row)
     return [
         name
         for name in list_losses()
-        if get_loss(name).responses != "single" and set(get_loss(name).required_fields) <= _FIELDS_FROM_PAIRWISE_TASKS
+        if get_loss(name).responses != "single" and set(get_loss(name).required_fields) <= servable
     ]
 
 
@@ -154,7 +120,10 @@ def _parse(argv: Sequence[str] | None):
     parser.add_argument("--max-steps", type=int, default=MAX_STEPS, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="preference pairs per step")
     parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
-    parser.add_argument("--beta", type=float, default=BETA, help="KL strength, also the implicit-reward scale")
+    parser.add_argument(
+        "--beta", type=float, default=None,
+        help=f"KL strength, also the implicit-reward scale; unset: the loss's own default ({BETA} for losses without one)",
+    )
     parser.add_argument("--num-test-pairs", type=int, default=NUM_TEST_PAIRS, help="held-out pairs evaluated")
     parser.add_argument("--seed", type=int, default=SEED)
     return parser.parse_args(argv)
@@ -185,15 +154,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     evaluation_started = time.time()
     # The reference (adapter-disabled base) never changes, and before training the policy equals it.
     reference_logps = sequence_logps(model, tokenizer, test_rows)
-    before = preference_metrics(reference_logps, reference_logps, beta=options.beta)
+    # an explicit --beta goes to the loss; unset, the loss trains with its own default beta
+    beta = options.beta if options.beta is not None else get_loss(options.loss).hyperparameters.get("beta", BETA)
+    before = preference_metrics(reference_logps, reference_logps, beta=beta)
     evaluation_seconds = time.time() - evaluation_started
 
-    hyperparameters = dict(get_loss(options.loss).hyperparameters)
-    loss_kwargs = {"beta": options.beta} if "beta" in hyperparameters else {}
     args = PrefOptConfig(
         output_dir=str(output_dir / "trainer"),
         loss=options.loss,
-        loss_kwargs=loss_kwargs,
         beta=options.beta,
         max_steps=options.max_steps,
         per_device_train_batch_size=options.batch_size,
@@ -219,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     print("[4/5] held-out evaluation after training", flush=True)
     policy_logps = sequence_logps(model, tokenizer, test_rows)
-    after = preference_metrics(policy_logps, reference_logps, beta=options.beta)
+    after = preference_metrics(policy_logps, reference_logps, beta=beta)
 
     print(f"[5/5] saving the adapter and metrics.json to {output_dir}", flush=True)
     adapter_dir = output_dir / "adapter"
@@ -229,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "task": options.task,
         "loss": options.loss,
         "settings": {
-            "beta": options.beta,
+            "beta": beta,
             "learning_rate": options.learning_rate,
             "max_steps": options.max_steps,
             "batch_size": options.batch_size,

@@ -10,16 +10,11 @@ saving) is TRL's. This class replaces only the loss step: it computes the sequen
 response under the policy (and the reference when a loss needs one), fills a `LogProbs` batch from
 the table below, and calls the registered loss. It never looks at a loss's name; it reads the spec.
 
-    LogProbs field   provided by
-    policy           the policy forward (sum of response-token log-probs)
-    reference        the reference forward: `ref_model`, the adapter-disabled base (PEFT), a copy of the
-                     initial model, or precomputed (`precompute_ref_log_probs`, cached on disk)
-    lengths          response token counts
-    mask             K-wise rows with fewer responses than the batch's K
-    scores           columns `score_chosen`/`score_rejected` (pairs) or `scores` (K-wise)
-    previous         columns `previous_chosen_logps`/`previous_rejected_logps` (pairs) or `previous_logps`
-    others           not available offline (VPO calibration samples, BVPO empty-trace view, f-DPG samples):
-                     the constructor raises naming the field
+Which `LogProbs` fields can be filled, and from where, is decided by field providers
+(`prefopt.fields`): the step computes `policy`, `lengths` and `mask`; the reference, dataset columns
+(`scores`, `previous`) and anything a method plugs in (`field_providers=[...]`) come from providers.
+Running loss state (BCO's reward mean, a refreshed reference, ...) lives in callbacks that save it
+with every checkpoint and restore it on `resume_from_checkpoint` (`prefopt.callbacks.StatefulCallback`).
 """
 
 from __future__ import annotations
@@ -28,6 +23,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import os
 from typing import Any
 
 import torch
@@ -35,28 +31,22 @@ from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from torch.utils.data import DataLoader
 from transformers import AutoProcessor, ProcessorMixin
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOConfig, DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, use_adapter
 
 from prefopt import reference_cache
-from prefopt._trainer_data import (
-    FIELD_COLUMNS,
-    OFFLINE_UNAVAILABLE,
-    REFERENCE_COLUMNS,
-    PreferenceCollator,
-    is_kwise_example,
-    tokenize_kwise,
-)
+from prefopt._trainer_data import PreferenceCollator, is_kwise_example, tokenize_kwise
 from prefopt.config import PrefOptConfig
+from prefopt.fields import REFERENCE_COLUMNS, STEP_FIELDS, FieldProvider, as_matrix, resolve_providers
+from prefopt.logprobs import model_inputs, preference_accuracy, sequence_logps
 from prefopt.losses import LogProbs, combine_losses
 
 logger = logging.getLogger(__name__)
 
-# Batch keys that are not model inputs.
-_NON_MODEL_KEYS = ("completion_mask", "response_index", "ref_chosen_logps", "ref_rejected_logps")
-# Fields every batch carries whatever the loss (cheap to provide).
-_ALWAYS_PROVIDED = ("policy", "reference", "lengths", "mask")
+# Where running loss state (callbacks' `state_dict()`) is stored inside each checkpoint folder.
+LOSS_STATE_FILE = "prefopt_loss_state.pt"
 
 
 def _as_prefopt_config(args: DPOConfig) -> PrefOptConfig:
@@ -80,6 +70,10 @@ class Trainer(DPOTrainer):
     losses that need no reference never run one (the copy is dropped). `ld_alpha`,
     `use_weighting` and `f_divergence_type != "reverse_kl"` are not supported (they raise).
     Callbacks that define `bind_trainer(trainer)` are given the trainer after construction.
+
+    prefopt's one extra argument, `field_providers`, adds or replaces `prefopt.fields.FieldProvider`s
+    (which LogProbs fields can be filled and from where), so a method can feed its loss without a
+    new trainer.
     """
 
     _tag_names = ["trl", "dpo", "prefopt"]
@@ -99,6 +93,7 @@ class Trainer(DPOTrainer):
         optimizers=(None, None),
         quantization_config=None,
         peft_config=None,
+        field_providers: list[FieldProvider] | None = None,
     ):
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
@@ -121,11 +116,11 @@ class Trainer(DPOTrainer):
         if "image" in first_example or "images" in first_example:
             raise NotImplementedError("prefopt.Trainer handles text datasets only; use trl.DPOTrainer for vision data")
         self.kwise_data = is_kwise_example(first_example)
+        self.field_providers = resolve_providers(field_providers)
         self._check_loss_can_be_served(first_example)
         needs_reference = self.preference_loss.needs_reference
         self._reference_hits = self._reference_misses = 0
         self.dropped_rows: dict[str, int] = {}  # dataset name -> rows filtered out during preparation
-        self.latest_log_ratios: torch.Tensor | None = None  # policy - reference of the last training batch's responses
 
         # TRL would reload the reference from `model.config._name_or_path`, which an in-memory model does not have.
         uses_peft = peft_config is not None or is_peft_model(model)
@@ -144,6 +139,7 @@ class Trainer(DPOTrainer):
                 max_length=args.max_length,
                 truncation_mode=args.truncation_mode,
                 pad_to_multiple_of=args.pad_to_multiple_of,
+                providers=self._batch_providers(),
             )
 
         super().__init__(
@@ -164,10 +160,19 @@ class Trainer(DPOTrainer):
             self.ref_model = None  # reference-free loss: free the copy TRL prepared
         self._eval_prefix = "eval"
         first_hyperparameters = self.loss_hyperparameters[self.preference_loss.names[0]]
-        self.metric_beta = first_hyperparameters.get("beta", args.beta)
+        self.metric_beta = first_hyperparameters.get("beta", args.beta if args.beta is not None else 0.1)
+        for provider in self._batch_providers():
+            provider.bind(self)
         for callback in self.callback_handler.callbacks:
             if hasattr(callback, "bind_trainer"):
                 callback.bind_trainer(self)
+
+    def _batch_providers(self) -> list[FieldProvider]:
+        """The providers of the fields this loss needs (each once), in the order of the loss's fields."""
+        needed = [self.field_providers[f] for f in self.preference_loss.required_fields if f in self.field_providers]
+        if self.preference_loss.needs_reference:
+            needed.append(self.field_providers["reference"])
+        return list({id(provider): provider for provider in needed}.values())
 
     # ----------------------------------------------------------------------------------------- checks
 
@@ -184,25 +189,10 @@ class Trainer(DPOTrainer):
                 "(a registry spec with responses='ranked', e.g. 'plackett_luce') or split the rankings into pairs "
                 "with a prefopt.data adapter"
             )
-        layout = "kwise" if self.kwise_data else "pair"
         for field in loss.required_fields:
-            if field in _ALWAYS_PROVIDED:
+            if field in STEP_FIELDS:
                 continue
-            if field in FIELD_COLUMNS:
-                columns = FIELD_COLUMNS[field][layout]
-                columns = (columns,) if isinstance(columns, str) else columns
-                missing = [column for column in columns if column not in example]
-                if missing:
-                    raise ValueError(
-                        f"loss {names} needs LogProbs.{field}, read from dataset column(s) {list(columns)}; "
-                        f"the dataset lacks {missing}"
-                    )
-            else:
-                reason = OFFLINE_UNAVAILABLE.get(field, "a value the offline Trainer does not compute")
-                raise ValueError(
-                    f"loss {names} needs LogProbs.{field}: {reason}. The offline Trainer cannot provide it; "
-                    "this loss is trained online (see the README, 'Losses that need online data')."
-                )
+            self.field_providers[field].check(example, self.kwise_data, names)
 
     # ------------------------------------------------------------------------------------------ data
 
@@ -239,25 +229,14 @@ class Trainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        columns = ["completions_ids", REFERENCE_COLUMNS["kwise"]]
-        for layouts in FIELD_COLUMNS.values():
-            columns += list(layouts["pair"]) + [layouts["kwise"]]
+        columns = ["completions_ids"]
+        for provider in self.field_providers.values():
+            columns += list(provider.columns())
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *columns]))
 
     # ------------------------------------------------------------------------------------ log-probs
 
-    def _forward_logps(self, model, inputs, **extra_kwargs):
-        """Sequence log-probs [N] of every row of ``inputs`` under ``model``, and the fused-head outputs."""
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS and not k.startswith("field_")}
-        model_kwargs.update(use_cache=False, **extra_kwargs)
-        completion_mask = inputs["completion_mask"]
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-        # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens
-        per_token_logps = outputs.log_probs[:, -(completion_mask.size(1) - 1) :]
-        return per_token_logps.sum(dim=1), outputs
-
-    def _reference_logps(self, inputs) -> torch.Tensor:
+    def reference_logps(self, inputs) -> torch.Tensor:
         """Sequence log-probs [N] under the reference: `ref_model`, or the policy with its adapter disabled."""
         adapter_context, model = contextlib.nullcontext(), self.ref_model
         if self.ref_model is None:
@@ -271,14 +250,7 @@ class Trainer(DPOTrainer):
             adapter_context,
             self.accelerator.autocast(),
         ):
-            logps, _ = self._forward_logps(model, inputs)
-        return logps
-
-    @staticmethod
-    def _as_matrix(values: torch.Tensor, response_index: torch.Tensor) -> torch.Tensor:
-        """Per-row values [N] -> [B, K] laid out by ``response_index`` (0 where a row has fewer responses)."""
-        real = response_index >= 0
-        return values[response_index.clamp(min=0)].masked_fill(~real, 0)
+            return sequence_logps(model, inputs, fused_lm_head=True).logps
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
         if not self.preference_loss.needs_reference:
@@ -308,7 +280,7 @@ class Trainer(DPOTrainer):
         dataloader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
         rows = []
         for batch in self.accelerator.prepare(dataloader):
-            matrix = self._as_matrix(self._reference_logps(batch), batch["response_index"])
+            matrix = as_matrix(self.reference_logps(batch), batch["response_index"])
             rows.append(self.accelerator.gather_for_metrics(matrix).float().cpu())
         width = max(row.size(1) for row in rows)
         return torch.cat([torch.nn.functional.pad(row, (0, width - row.size(1))) for row in rows])
@@ -331,35 +303,27 @@ class Trainer(DPOTrainer):
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
         extra = {"output_router_logits": True} if self.aux_loss_enabled else {}
-        policy_rows, outputs = self._forward_logps(model, inputs, **extra)
+        policy = sequence_logps(model, inputs, fused_lm_head=True, **extra)
+        outputs = policy.outputs
         response_index = inputs.get("response_index")
         if response_index is None:  # a user collator in TRL's layout: chosen rows, then rejected rows
-            half = policy_rows.size(0) // 2
-            response_index = torch.stack([torch.arange(half), torch.arange(half) + half], 1).to(policy_rows.device)
-        real = response_index >= 0
-        lengths_rows = inputs["completion_mask"].sum(dim=1)
-        fields = {"policy": self._as_matrix(policy_rows, response_index)}
-        fields["lengths"] = self._as_matrix(lengths_rows, response_index)
+            half = policy.logps.size(0) // 2
+            response_index = torch.stack([torch.arange(half), torch.arange(half) + half], 1).to(policy.logps.device)
+        fields = {"policy": as_matrix(policy.logps, response_index), "lengths": as_matrix(policy.lengths, response_index)}
         if self.kwise_data:
-            fields["mask"] = real
-        if self.preference_loss.needs_reference:
-            if "field_reference" in inputs:
-                fields["reference"] = inputs["field_reference"].to(policy_rows.dtype)
-            elif "ref_chosen_logps" in inputs:  # a TRL collator passing precomputed columns through
-                fields["reference"] = torch.stack([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]], 1)
-            else:
-                fields["reference"] = self._as_matrix(self._reference_logps(inputs), response_index)
-        for field in self.preference_loss.required_fields:
-            if field not in fields:
-                fields[field] = inputs[f"field_{field}"].to(policy_rows.dtype)
+            fields["mask"] = response_index >= 0
+        for provider in self._batch_providers():
+            provided = provider.provide(self, inputs, response_index)
+            fields.update((name, value.to(policy.logps.dtype)) for name, value in provided.items())
         batch = LogProbs(**fields)
-        if mode == "train" and batch.reference is not None:
-            # for callbacks that keep running statistics of the implicit rewards (e.g. RewardShiftCallback)
-            self.latest_log_ratios = (batch.policy - batch.reference).detach()[real]
-        per_component = self.preference_loss.components_per_example(batch, per_loss=self.loss_hyperparameters)
+        per_component = self.preference_loss.components_per_example(batch, per_loss=self.step_hyperparameters())
         loss = 0.0
         for spec, weight in self.preference_loss.components:
             loss += per_component[spec.name].mean() * weight
+        if mode == "train":
+            detached = LogProbs(**{name: value.detach() for name, value in fields.items()})
+            for callback in self._loss_state_callbacks():
+                callback.observe(detached)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
@@ -367,11 +331,55 @@ class Trainer(DPOTrainer):
         self._log_metrics(mode, inputs, outputs, batch, response_index, per_component)
         if return_outputs:
             with torch.no_grad():
-                model_kwargs = {
-                    k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS and not k.startswith("field_")
-                }
-                outputs = model(**model_kwargs, use_cache=False)
+                outputs = model(**model_inputs(inputs), use_cache=False)
         return (loss, outputs) if return_outputs else loss
+
+    # ----------------------------------------------------------------------------------- loss state
+
+    def _loss_state_callbacks(self) -> list:
+        return [callback for callback in self.callback_handler.callbacks if hasattr(callback, "observe")]
+
+    def step_hyperparameters(self) -> dict[str, dict[str, Any]]:
+        """The hyper-parameters of this step: the resolved config, overlaid with running loss state
+        (each `LossStateCallback`'s `loss_hyperparameters()`, e.g. BCO's delta)."""
+        resolved = {name: dict(values) for name, values in self.loss_hyperparameters.items()}
+        for callback in self._loss_state_callbacks():
+            for name, values in callback.loss_hyperparameters().items():
+                resolved[name].update(values)
+        return resolved
+
+    def _stateful_callbacks(self) -> dict[str, Any]:
+        """Callbacks with running state, keyed by position and class (the same callbacks must be passed on resume)."""
+        stateful = [callback for callback in self.callback_handler.callbacks if hasattr(callback, "load_state_dict")]
+        return {f"{index}:{type(callback).__name__}": callback for index, callback in enumerate(stateful)}
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        stateful = self._stateful_callbacks()
+        if stateful and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            state = {key: callback.state_dict() for key, callback in stateful.items()}
+            torch.save(state, os.path.join(folder, LOSS_STATE_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        stateful = self._stateful_callbacks()
+        path = os.path.join(resume_from_checkpoint, LOSS_STATE_FILE)
+        if not stateful:
+            return
+        if not os.path.exists(path):
+            raise ValueError(
+                f"checkpoint {resume_from_checkpoint} has no {LOSS_STATE_FILE}, but callbacks {list(stateful)} keep "
+                "running state; resuming without it would not continue the interrupted run"
+            )
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if set(saved) != set(stateful):
+            raise ValueError(
+                f"checkpoint {resume_from_checkpoint} holds the state of callbacks {sorted(saved)}, this trainer has "
+                f"{sorted(stateful)}; pass the same stateful callbacks, in the same order, to resume"
+            )
+        for key, callback in stateful.items():
+            callback.load_state_dict(saved[key])
 
     def _log_metrics(self, mode, inputs, outputs, batch, response_index, per_component) -> None:
         """TRL's metric names (best response = "chosen", worst = "rejected" for K-wise) plus `loss/<name>`."""
@@ -405,7 +413,7 @@ class Trainer(DPOTrainer):
         chosen_rewards, rejected_rewards = rewards[:, 0], rewards.gather(1, worst).squeeze(1)
         metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
         metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
-        metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
+        metrics["rewards/accuracies"].append(preference_accuracy(gather(chosen_rewards), gather(rejected_rewards))["accuracy"])
         metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
         metrics["logps/chosen"].append(gather(policy[:, 0]).mean().item())
         metrics["logps/rejected"].append(gather(policy.gather(1, worst).squeeze(1)).mean().item())

@@ -146,9 +146,9 @@ def test_scores_column_feeds_a_loss_that_needs_scores(tmp_path):
 class _CountingTrainer(Trainer):
     reference_forwards = 0
 
-    def _reference_logps(self, inputs):
+    def reference_logps(self, inputs):
         type(self).reference_forwards += 1
-        return super()._reference_logps(inputs)
+        return super().reference_logps(inputs)
 
 
 def _precomputing_trainer(tmp_path, model, dataset, loss="dpo", **overrides):
@@ -268,25 +268,36 @@ def test_rows_dropped_for_long_prompts_are_counted_and_reported(tmp_path, factor
 
 
 def test_reward_shift_callback_tracks_the_running_mean_reward(tmp_path):
-    """BCO's delta = the count-weighted mean of beta * (policy - reference) over every response trained on."""
-    from prefopt.callbacks import RewardShiftCallback
+    """BCO's delta = the count-weighted mean of beta * (policy - reference) over every response trained on,
+    and each batch trains with the mean of the batches before it."""
+    from prefopt.callbacks import LossStateCallback, RewardShiftCallback
 
-    seen = []
+    seen, deltas_used = [], []
 
-    class Recorder(TrainerCallback):  # runs before the shift callback's update of the same step
-        def on_step_end(self, args, state, control, **kwargs):
-            seen.append(trainer.latest_log_ratios.clone())
+    class Recorder(LossStateCallback):  # observes each batch before the shift callback does
+        def observe(self, batch):
+            seen.append(0.5 * (batch.policy - batch.reference).flatten())
+            deltas_used.append(trainer.step_hyperparameters()["bco_pair"]["delta"])
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
 
     shift = RewardShiftCallback()
     trainer = Trainer(make_model(), train_dataset=pair_dataset(8), processing_class=make_tokenizer(),
                       args=PrefOptConfig(loss="bco_pair", beta=0.5, **config_kwargs(tmp_path, max_steps=3, learning_rate=5e-3)),
                       callbacks=[Recorder(), shift])
-    assert trainer.loss_hyperparameters["bco_pair"]["delta"] == 0.0
+    assert trainer.step_hyperparameters()["bco_pair"]["delta"] == 0.0
     trainer.train()
-    expected = (0.5 * torch.cat(seen)).mean().item()
     assert len(seen) == 3 and shift.count == sum(r.numel() for r in seen)
-    assert trainer.loss_hyperparameters["bco_pair"]["delta"] == pytest.approx(expected, rel=1e-6)
-    assert expected != 0.0
+    expected = torch.cat(seen).double().mean().item()
+    assert shift.mean == pytest.approx(expected, rel=1e-9) and expected != 0.0
+    assert trainer.step_hyperparameters()["bco_pair"]["delta"] == shift.mean
+    assert trainer.loss_hyperparameters["bco_pair"]["delta"] == 0.0  # the configured value is not overwritten
+    assert deltas_used[0] == 0.0
+    assert deltas_used[2] == pytest.approx(torch.cat(seen[:2]).double().mean().item(), rel=1e-9)
 
 
 def test_reward_shift_callback_refuses_a_loss_without_the_shift(tmp_path):

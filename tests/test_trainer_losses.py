@@ -12,7 +12,7 @@ import torch
 
 from helpers_trainer import config_kwargs, kwise_dataset, make_model, make_tokenizer, pair_dataset
 from prefopt import PrefOptConfig, Trainer
-from prefopt._trainer_data import FIELD_COLUMNS, OFFLINE_UNAVAILABLE
+from prefopt.fields import ColumnField, Unavailable, resolve_providers
 from prefopt.losses import LogProbs, get_loss, list_losses
 
 # Values for the dataset columns that feed optional fields: scores favour the chosen response, and the
@@ -23,15 +23,15 @@ _COLUMN_VALUES = {"score_chosen": 1.0, "score_rejected": -1.0, "scores": [1.0, 0
 def _dataset_for(spec):
     if spec.responses == "single":
         pytest.skip(f"{spec.name}: trains on one on-policy sample per prompt (online), not on preference data")
-    unavailable = [field for field in spec.required_fields if field in OFFLINE_UNAVAILABLE]
+    providers = resolve_providers()
+    unavailable = [field for field in spec.required_fields if isinstance(providers.get(field), Unavailable)]
     if unavailable:
-        pytest.skip(f"{spec.name}: needs {unavailable} ({OFFLINE_UNAVAILABLE[unavailable[0]]}), online only")
+        pytest.skip(f"{spec.name}: needs {unavailable} ({providers[unavailable[0]].source}), online only")
     dataset = kwise_dataset(8) if spec.kwise else pair_dataset(8)
-    layout = "kwise" if spec.kwise else "pair"
     for field in spec.required_fields:
-        if field in FIELD_COLUMNS and field != "previous":
-            columns = FIELD_COLUMNS[field][layout]
-            for column in (columns,) if isinstance(columns, str) else columns:
+        provider = providers.get(field)
+        if type(provider) is ColumnField and field != "previous":
+            for column in (provider.kwise,) if spec.kwise else provider.pair:
                 value = _COLUMN_VALUES[column]
                 dataset = dataset.map(lambda row, c=column, v=value: {c: v[: len(row["completions"])] if isinstance(v, list) else v})
     return dataset

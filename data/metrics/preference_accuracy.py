@@ -37,10 +37,7 @@ class PreferenceAccuracy(evaluate.Metric):
         )
 
     def _compute(self, chosen_rewards, rejected_rewards):
-        count = len(chosen_rewards)
-        if count == 0:
-            raise ValueError("preference_accuracy needs at least one pair")
-        wins = sum(c > r for c, r in zip(chosen_rewards, rejected_rewards))
-        ties = sum(c == r for c, r in zip(chosen_rewards, rejected_rewards))
-        margin = sum(c - r for c, r in zip(chosen_rewards, rejected_rewards)) / count
-        return {"accuracy": wins / count, "mean_margin": margin, "ties": ties, "count": count}
+        # the trainer's `rewards/accuracies` and the main job's held-out table use the same function
+        from prefopt.logprobs import preference_accuracy
+
+        return preference_accuracy(chosen_rewards, rejected_rewards)
