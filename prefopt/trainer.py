@@ -286,7 +286,9 @@ class Trainer(DPOTrainer):
         if isinstance(dataset, IterableDataset):
             raise ValueError("`precompute_ref_log_probs=True` needs a map-style Dataset, not an IterableDataset")
         key = self.reference_fingerprint(dataset)
-        values = reference_cache.load(self.args.ref_logps_cache_dir, key)
+        kwise = "completions_ids" in dataset.column_names
+        width = max((len(ids) for ids in dataset["completions_ids"]), default=0) if kwise else 2
+        values = reference_cache.load(self.args.ref_logps_cache_dir, key, num_rows=len(dataset), width=width)
         if values is None:
             self._reference_misses += 1
             values = self._compute_reference_table(dataset, name, batch_size)
@@ -295,7 +297,6 @@ class Trainer(DPOTrainer):
             self.accelerator.wait_for_everyone()
         else:
             self._reference_hits += 1
-        kwise = "completions_ids" in dataset.column_names
         columns = [REFERENCE_COLUMNS["kwise"]] if kwise else list(REFERENCE_COLUMNS["pair"])
         dataset = dataset.remove_columns([c for c in columns if c in dataset.column_names])
         if kwise:
