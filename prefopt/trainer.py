@@ -40,6 +40,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, use_adapter
 
 from prefopt import reference_cache
+from prefopt._oom import advise_on_out_of_memory
 from prefopt._trainer_data import (
     FIELD_COLUMNS,
     OFFLINE_UNAVAILABLE,
@@ -426,6 +427,11 @@ class Trainer(DPOTrainer):
             return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         finally:
             self._eval_prefix = "eval"
+
+    def training_step(self, *args, **kwargs):
+        """TRL's step; an out-of-memory error comes back with advice for this run (batch size, checkpointing, ...)."""
+        with advise_on_out_of_memory(self):
+            return super().training_step(*args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
