@@ -410,11 +410,19 @@ _TASKS = {
 }
 
 
+def _closest(name: str) -> str:
+    """' (did you mean 'arithmetic'?)' for a misspelt task name, '' when nothing is close."""
+    import difflib
+
+    match = difflib.get_close_matches(str(name), list_tasks(), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
 def list_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
 def get_task(name: str) -> Task:
     if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; bundled tasks: {', '.join(list_tasks())}")
+        raise ValueError(f"unknown task {name!r}{_closest(name)}; bundled tasks: {', '.join(list_tasks())}")
     return _TASKS[name]

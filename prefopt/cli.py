@@ -3,14 +3,34 @@
     prefopt losses                          the loss registry: K, reference, hyper-parameters, paper
     prefopt train --config run.yaml [--flag value ...]   train (TRL style: YAML values, flags override)
     prefopt main [--loss dpo] [--output-dir outputs/main]  the main job (see prefopt.main_job)
+
+A mistake in what was asked (a bad flag value, a missing file or model path, an unknown loss, format
+or dataset name) prints one line, ``prefopt <command>: error: ...``, and exits with status 2; add
+``--debug`` (a flag of its own, anywhere) to see the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import sys
+import traceback
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Iterator, Sequence
+
+DEFAULT_OUTPUT_DIR = "outputs/train"  # prefopt train's output_dir when neither the YAML nor a flag sets one
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: reported as one line, exit status 2, no traceback."""
+
+
+# Errors that come from the request rather than from prefopt: bad values (ValueError, also raised by
+# InvalidRowError, unknown loss / format / task names and config checks) and missing files.
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def losses_table() -> str:
@@ -47,6 +67,16 @@ class ScriptArguments:
         metadata={"help": "A bundled task name (prefopt.data.list_tasks()) or a local .json/.jsonl/.csv/.parquet file."},
     )
     dataset_format: str = field(default="trl", metadata={"help": "prefopt.data format of a dataset file."})
+    column_map: str | None = field(
+        default=None,
+        metadata={"help": "Rename columns of a dataset file before the format adapter: a JSON object "
+                  "'{\"question\": \"prompt\"}' or 'question=prompt,answer=chosen'."},
+    )
+    on_invalid: str = field(
+        default="raise",
+        metadata={"help": "A dataset file row that fails validation: 'raise' (stop, naming the row) or 'drop' "
+                  "(skip it; the dropped rows are counted per reason in the log)."},
+    )
     dataset_form: str = field(
         default="pairwise", metadata={"help": "Form of a bundled task.", "choices": ["pairwise", "kwise", "noisy"]}
     )
@@ -81,45 +111,103 @@ def parse_train_arguments(argv: Sequence[str]):
     if "--config" in argv:
         position = argv.index("--config")
         if position + 1 >= len(argv):
-            raise SystemExit("prefopt train: --config needs a YAML file")
+            raise UserError("--config needs a YAML file")
         config_path = argv[position + 1]
         del argv[position : position + 2]
     parser = _parser()
+    parser.error = _refuse  # argparse would print the whole usage (hundreds of options) before the one line that matters
+    parser.set_defaults(output_dir=DEFAULT_OUTPUT_DIR)
     if not _cuda_available():
         # TRL defaults to bf16 mixed precision, which TrainingArguments refuses on a CPU-only machine.
         parser.set_defaults(bf16=False, use_cpu=True)
     if config_path is not None:
-        import yaml
-
-        with open(config_path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
+        values = _read_yaml_config(config_path)
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SystemExit(f"prefopt train: unknown key(s) {unknown} in {config_path}")
+            raise UserError(f"unknown key(s) {unknown} in {config_path}")
         # Required options given in the YAML must not be demanded again on the command line.
         for action in parser._actions:
             if action.dest in values:
                 action.required = False
         parser.set_defaults(**values)
     script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    if training_args.output_dir is None:
-        training_args.output_dir = "outputs/train"
     return script_args, training_args
+
+
+def _refuse(message: str):
+    raise UserError(f"{message}; 'prefopt train --help' lists the options")
+
+
+def _read_yaml_config(path: str) -> dict:
+    import yaml
+
+    if not Path(path).is_file():
+        raise UserError(f"config file {path!r} not found")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path} must hold a mapping of option: value, not a {type(values).__name__}")
+    return values
+
+
+def parse_column_map(text: str | None) -> dict[str, str] | None:
+    """``--column_map``: a JSON object or ``a=b,c=d`` -> ``{"a": "b", "c": "d"}``; None when unset."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    if isinstance(text, dict):  # from a YAML config
+        mapping = text
+    elif text.lstrip().startswith("{"):
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UserError(f"--column_map is not a valid JSON object ({error.msg} at character {error.pos})") from None
+    else:
+        pairs = [item.split("=") for item in text.split(",") if item.strip()]
+        bad = ["=".join(pair) for pair in pairs if len(pair) != 2 or not all(part.strip() for part in pair)]
+        if bad:
+            raise UserError(f"--column_map entries must be source=target, got {bad}")
+        mapping = {source.strip(): target.strip() for source, target in pairs}
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise UserError("--column_map must map column names to column names (strings)")
+    return mapping
+
+
+def _dataset_source(name: str, option: str) -> str:
+    """A file path that exists; otherwise a "not found" error, naming the closest task for a task-like name."""
+    from prefopt.data import get_task
+
+    if Path(name).is_file():
+        return name
+    looks_like_a_file = Path(name).suffix != "" or os.sep in name or "/" in name
+    if looks_like_a_file:
+        raise UserError(f"{option} file {name!r} not found")
+    get_task(name)  # raises "unknown task ... (did you mean ...?)"
+    return name
 
 
 def _load_datasets(script_args: ScriptArguments):
     from prefopt.data import get_task, list_tasks, load_preferences
+    from prefopt.data.loading import ON_INVALID
 
+    if script_args.on_invalid not in ON_INVALID:
+        raise UserError(f"--on_invalid must be one of {list(ON_INVALID)}, got {script_args.on_invalid!r}")
+    column_map = parse_column_map(script_args.column_map)
+    options = dict(format=script_args.dataset_format, column_map=column_map, on_invalid=script_args.on_invalid)
     if script_args.dataset in list_tasks():
+        if column_map:
+            raise UserError("--column_map applies to a dataset file; the bundled tasks are already in prefopt's schema")
         splits = get_task(script_args.dataset).load(script_args.dataset_form)
         train = splits["train"]
         evaluation = splits["test"] if "test" in splits else None
     else:
-        train = load_preferences(script_args.dataset, format=script_args.dataset_format)
+        train = load_preferences(_dataset_source(script_args.dataset, "--dataset"), **options)
         evaluation = None
     if script_args.eval_dataset:
-        evaluation = load_preferences(script_args.eval_dataset, format=script_args.dataset_format)
+        evaluation = load_preferences(_dataset_source(script_args.eval_dataset, "--eval_dataset"), **options)
     return train, evaluation
 
 
@@ -128,6 +216,10 @@ def train(argv: Sequence[str]) -> None:
     from prefopt.trainer import Trainer
 
     script_args, training_args = parse_train_arguments(argv)
+    # The data first: a wrong file or row is reported in a second, not after the model has loaded.
+    train_dataset, eval_dataset = _load_datasets(script_args)
+    if eval_dataset is None and training_args.eval_strategy != "no":
+        raise UserError("eval_strategy is set but there is no eval dataset (--eval_dataset)")
     path = default_model_path() if script_args.model_name_or_path == "default" else script_args.model_name_or_path
     lora = None
     if script_args.use_lora:
@@ -147,9 +239,6 @@ def train(argv: Sequence[str]) -> None:
         dtype=script_args.model_dtype,
         gradient_checkpointing=training_args.gradient_checkpointing,
     )
-    train_dataset, eval_dataset = _load_datasets(script_args)
-    if eval_dataset is None and training_args.eval_strategy != "no":
-        raise SystemExit("prefopt train: eval_strategy is set but there is no eval dataset (--eval_dataset)")
     trainer = Trainer(
         model,
         args=training_args,
@@ -163,8 +252,43 @@ def train(argv: Sequence[str]) -> None:
     print(f"saved to {training_args.output_dir}")
 
 
+def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """Remove prefopt's own ``--debug`` (before the command, or followed by nothing / another flag);
+    ``--debug <value>`` after the command is TrainingArguments' option and stays."""
+    kept, debug = [], False
+    for position, item in enumerate(argv):
+        following = argv[position + 1] if position + 1 < len(argv) else None
+        if item == "--debug" and (position == 0 or following is None or following.startswith("-")):
+            debug = True
+        else:
+            kept.append(item)
+    return kept, debug
+
+
+@contextlib.contextmanager
+def reporting_user_errors(command: str, debug: bool = False) -> Iterator[None]:
+    """Turn a `USER_ERRORS` exception into one line on stderr and exit status 2 (the traceback with ``debug``)."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        if debug:
+            traceback.print_exc()
+        message = str(error) or type(error).__name__
+        if isinstance(error, (FileNotFoundError, PermissionError)) and error.filename is not None:
+            message = f"{error.strerror or 'not found'}: {error.filename}"  # "[Errno 2] ..." reads like a crash
+        hint = "" if debug else " (--debug shows the traceback)"
+        print(f"prefopt {command}: error: {message}{hint}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = _take_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    command = argv[0] if argv else ""
+    with reporting_user_errors(command, debug):
+        _dispatch(argv)
+
+
+def _dispatch(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="prefopt", description="Preference optimisation for language models.")
     parser.add_argument("command", choices=["losses", "train", "main"], help="what to run; '<command> --help' for its options")
     if not argv or argv[0] in ("-h", "--help"):

@@ -16,6 +16,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,24 @@ def convert_gguf(directory: str | os.PathLike, gguf_file: str, output_dir: str |
     return target
 
 
+# What the Hub accepts as a repository id: "name" or "owner/name". Anything else can only be a local path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def _is_local(name_or_path: str | os.PathLike) -> bool:
+    text = os.fspath(name_or_path)
+    return Path(text).expanduser().exists() or not _HUB_ID.fullmatch(text) or text.startswith((".", "~"))
+
+
+def _check_local_model(name_or_path: str | os.PathLike) -> None:
+    """A missing local checkpoint is "not found", before transformers reports it as a bad Hub repository id."""
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model path {os.fspath(name_or_path)!r} not found (no such file or folder)")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model folder {str(path)!r} has no config.json; it is not a transformers checkpoint")
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
@@ -163,16 +182,27 @@ def load_model(
     quantization_config = _quantization_config(quantization, torch_dtype)
     if gguf_file is not None:
         name_or_path = convert_gguf(name_or_path, gguf_file)
+    elif _is_local(name_or_path):
+        _check_local_model(name_or_path)
     if quantization_config is not None and device_map is None and torch.cuda.is_available():
         device_map = {"": torch.cuda.current_device()}
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(name_or_path),
-        dtype=torch_dtype,
-        quantization_config=quantization_config,
-        device_map=device_map,
-        **from_pretrained_kwargs,
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(name_or_path),
+            dtype=torch_dtype,
+            quantization_config=quantization_config,
+            device_map=device_map,
+            **from_pretrained_kwargs,
+        )
+    except OSError as error:
+        if _is_local(name_or_path):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FileNotFoundError(
+            f"model {os.fspath(name_or_path)!r} not found: there is no local folder of that name, and loading it "
+            f"as a Hub id failed ({first_line})"
+        ) from error
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
     if tokenizer.pad_token is None:
         # Padding positions are masked out of every loss, so reusing EOS is safe and adds no new embedding.

@@ -9,16 +9,25 @@ The key (fingerprint) hashes:
 
 A file ``<cache_dir>/<fingerprint>.pt`` holds a float32 tensor [num_rows, K] (K-wise padding = 0).
 Another loss on the same model and data hits the same file, since the loss is not part of the key.
+
+A cache file that cannot be trusted (truncated by a full disk or a killed copy, overwritten with
+something else, of the wrong shape for the data, or holding NaN / inf) is a miss, not an error:
+`load` logs a warning naming the file and the problem, removes the file and returns None, and the
+caller recomputes and saves a good one. It is never loaded with pickle (``weights_only=True``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 from typing import Any, Iterable
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = "prefopt-ref-logps-1"
 
@@ -59,12 +68,49 @@ def cache_path(cache_dir: str, key: str) -> str:
     return os.path.join(cache_dir, f"{key}.pt")
 
 
-def load(cache_dir: str, key: str) -> torch.Tensor | None:
-    """The stored [num_rows, K] tensor, or None when nothing is stored under ``key``."""
+class CorruptCacheError(ValueError):
+    """A cache file that exists but cannot be used; the message names the file and the problem."""
+
+
+def read_checked(path: str, num_rows: int | None = None, width: int | None = None) -> torch.Tensor:
+    """The tensor in ``path`` after checking it is a finite float [num_rows, width] matrix; else `CorruptCacheError`."""
+    try:
+        values = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, random bytes, a pickle of something that is not a tensor, ...
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "weights_only" in reason or "Weights only load failed" in reason:
+            reason = "it holds objects other than one tensor"  # torch's own text would suggest unsafe loading
+        raise CorruptCacheError(f"reference cache file {path} is unreadable: {reason[:200]}") from None
+    if not isinstance(values, torch.Tensor):
+        raise CorruptCacheError(f"reference cache file {path} holds a {type(values).__name__}, not a tensor")
+    if values.dim() != 2 or not values.dtype.is_floating_point:
+        raise CorruptCacheError(f"reference cache file {path} holds a {values.dtype} tensor of shape {list(values.shape)}, not a float [rows, K] matrix")
+    expected = (num_rows if num_rows is not None else values.size(0), width if width is not None else values.size(1))
+    if tuple(values.shape) != expected:
+        raise CorruptCacheError(f"reference cache file {path} has shape {list(values.shape)}; the data needs {list(expected)}")
+    bad = (~torch.isfinite(values)).sum().item()
+    if bad:
+        raise CorruptCacheError(f"reference cache file {path} holds {bad} NaN / infinite value(s)")
+    return values
+
+
+def load(cache_dir: str, key: str, *, num_rows: int | None = None, width: int | None = None) -> torch.Tensor | None:
+    """The stored [num_rows, K] tensor, or None when nothing usable is stored under ``key``.
+
+    ``num_rows`` / ``width`` (K) are the shape the caller's data needs; a file of another shape, or
+    one that is unreadable or not finite, is reported (a warning with its path), removed, and
+    treated as a miss so that the caller recomputes it.
+    """
     path = cache_path(cache_dir, key)
     if not os.path.exists(path):
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return read_checked(path, num_rows, width)
+    except CorruptCacheError as error:
+        logger.warning("%s; removing it and recomputing the reference log-probs", error)
+        with contextlib.suppress(FileNotFoundError):  # another process may have removed it first
+            os.remove(path)
+        return None
 
 
 def save(cache_dir: str, key: str, values: torch.Tensor) -> str:

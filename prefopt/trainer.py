@@ -37,6 +37,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, use_adapter
 
 from prefopt import reference_cache
+from prefopt._oom import advise_on_out_of_memory
 from prefopt._trainer_data import PreferenceCollator, is_kwise_example, tokenize_kwise
 from prefopt.config import PrefOptConfig
 from prefopt.fields import REFERENCE_COLUMNS, STEP_FIELDS, FieldProvider, as_matrix, resolve_providers
@@ -261,7 +262,9 @@ class Trainer(DPOTrainer):
         if isinstance(dataset, IterableDataset):
             raise ValueError("`precompute_ref_log_probs=True` needs a map-style Dataset, not an IterableDataset")
         key = self.reference_fingerprint(dataset)
-        values = reference_cache.load(self.args.ref_logps_cache_dir, key)
+        kwise = "completions_ids" in dataset.column_names
+        width = max((len(ids) for ids in dataset["completions_ids"]), default=0) if kwise else 2
+        values = reference_cache.load(self.args.ref_logps_cache_dir, key, num_rows=len(dataset), width=width)
         if values is None:
             self._reference_misses += 1
             values = self._compute_reference_table(dataset, name, batch_size)
@@ -270,7 +273,6 @@ class Trainer(DPOTrainer):
             self.accelerator.wait_for_everyone()
         else:
             self._reference_hits += 1
-        kwise = "completions_ids" in dataset.column_names
         columns = [REFERENCE_COLUMNS["kwise"]] if kwise else list(REFERENCE_COLUMNS["pair"])
         dataset = dataset.remove_columns([c for c in columns if c in dataset.column_names])
         if kwise:
@@ -436,6 +438,11 @@ class Trainer(DPOTrainer):
             return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         finally:
             self._eval_prefix = "eval"
+
+    def training_step(self, *args, **kwargs):
+        """TRL's step; an out-of-memory error comes back with advice for this run (batch size, checkpointing, ...)."""
+        with advise_on_out_of_memory(self):
+            return super().training_step(*args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"

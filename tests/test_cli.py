@@ -72,7 +72,7 @@ def test_readme_yaml_example_parses(tmp_path):
 def test_unknown_yaml_keys_are_rejected(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("learning_rat: 1.0e-4\n")
-    with pytest.raises(SystemExit, match="learning_rat"):
+    with pytest.raises(cli.UserError, match="learning_rat"):
         cli.parse_train_arguments(["--config", str(config)])
 
 

@@ -127,3 +127,20 @@ def test_real_smollm2_loads_with_lora():
     assert model.config.model_type == "llama" and model.config.hidden_size == 576
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True)
     assert len(ids) > 0
+
+
+@pytest.mark.parametrize("path", ["./no/such/checkpoint", "/no/such/checkpoint", "~/no-such-checkpoint", "a/b/c"])
+def test_a_missing_local_path_is_not_found_not_a_bad_repo_id(path):
+    with pytest.raises(FileNotFoundError, match=r"model path .* not found \(no such file or folder\)"):
+        models.load_model(path)
+
+
+def test_a_folder_without_config_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        models.load_model(tmp_path)
+
+
+def test_a_hub_id_that_cannot_be_loaded_is_not_found(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="model 'nobody-here/no-such-model' not found: there is no local folder"):
+        models.load_model("nobody-here/no-such-model")
