@@ -67,6 +67,15 @@ def compare(first, second):
     return "overlap"
 
 
+def versus(first, second, name):
+    """compare() as a phrase: 'higher than NAME', 'lower than NAME', 'overlaps NAME' or 'no interval'."""
+    return {"higher": f"higher than {name}", "lower": f"lower than {name}", "overlap": f"overlaps {name}"}.get(
+        compare(first, second), "no interval")
+
+
+ZERO = {"low": 0.0, "high": 0.0}  # compare a difference's interval with zero
+
+
 def environment(started):
     """Library versions, hardware and run time, recorded in every result file."""
     import matplotlib

@@ -32,7 +32,7 @@ import time
 import datasets
 import torch
 
-from _reporting import compare, environment, format_interval, interval, parse_arguments, pyplot, settings, write
+from _reporting import ZERO, environment, format_interval, interval, parse_arguments, pyplot, settings, versus, write
 from prefopt.data import load_metric, to_pairs
 from prefopt.losses import LogProbs, get_loss
 
@@ -179,10 +179,8 @@ def main(argv=None):
         lines.append(f"| {prompt_count} | " + " | ".join(
             format_interval(cell(m, prompt_count)["kendall_tau"]) for m in METHODS) + " |")
     largest = PROMPT_COUNTS[-1]
-    verdicts = {m: compare(cell(m, largest)["parameter_error_minus_plackett_luce"], {"low": 0.0, "high": 0.0})
-                for m in METHODS[1:]}
-    lines += ["", f"At {largest} prompts, each split's paired error difference against plackett_luce is: "
-              + ", ".join(f"{m}: {v} than zero" if v != "overlap" else f"{m}: interval contains zero" for m, v in verdicts.items())
+    lines += ["", f"At {largest} prompts, error minus plackett_luce's (paired): " + ", ".join(
+        f"{m} {versus(cell(m, largest)['parameter_error_minus_plackett_luce'], ZERO, 'zero')}" for m in METHODS[1:])
               + ".", "", f"Environment: {record['environment']}"]
     write(arguments.output, "kwise_efficiency", record, lines)
 

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from _reporting import compare, environment, format_interval, interval, parse_arguments, pyplot, settings, write
+from _reporting import environment, format_interval, interval, parse_arguments, pyplot, settings, versus, write
 from prefopt.data import estimate_flip_rate
 from prefopt.losses import LogProbs, get_loss
 
@@ -186,10 +186,9 @@ def main(argv=None):
     lines += ["", "Verdicts on expected true reward (95% intervals over seeds):", ""]
     for rate in FLIP_RATES[1:]:
         rdpo = cell("rdpo", rate)["expected_true_reward"]
-        lines.append(f"- eps = {rate:.1f}: rdpo against dpo {compare(rdpo, cell('dpo', rate)['expected_true_reward'])}, "
-                     f"against cdpo {compare(rdpo, cell('cdpo', rate)['expected_true_reward'])}; "
-                     f"rdpo with estimated eps against rdpo with the true eps "
-                     f"{compare(cell('rdpo (estimated eps)', rate)['expected_true_reward'], rdpo)}.")
+        lines.append(f"- eps = {rate:.1f}: rdpo {versus(rdpo, cell('dpo', rate)['expected_true_reward'], 'dpo')}, "
+                     f"{versus(rdpo, cell('cdpo', rate)['expected_true_reward'], 'cdpo')}; rdpo with estimated eps "
+                     f"{versus(cell('rdpo (estimated eps)', rate)['expected_true_reward'], rdpo, 'rdpo with the true eps')}.")
     lines += ["", f"Environment: {record['environment']}"]
     write(arguments.output, "noise_robustness", record, lines)
 
