@@ -1,4 +1,7 @@
-"""Benchmark scripts run end to end (at tiny settings) and write JSON, a table and a plot."""
+"""Every benchmark script runs end to end in --smoke mode and writes well-formed JSON, a table and a plot.
+
+Numbers are not asserted (a smoke run checks the script, not the claim); the structure is.
+"""
 
 import importlib.util
 import json
@@ -7,27 +10,111 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(path.stem for path in BENCHMARKS.glob("*.py") if not path.stem.startswith("_"))
 
 
-def load(script):
+def load(script, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import their shared _reporting helper
     spec = importlib.util.spec_from_file_location(script, BENCHMARKS / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-@pytest.mark.slow
-def test_noise_robustness_runs_and_reports(tmp_path, monkeypatch):
+def reject_nan(constant):
+    raise ValueError(f"result file holds {constant}")
+
+
+def run_smoke(script, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    benchmark = load("noise_robustness")
-    for name, value in {"SEEDS": [0], "FLIP_RATES": [0.0, 0.3], "STEPS": 30, "TRAIN_PROMPTS": 200,
-                        "TEST_PROMPTS": 50, "OUTPUT": tmp_path}.items():
-        monkeypatch.setattr(benchmark, name, value)
-    benchmark.main()
-    report = json.loads((tmp_path / "noise_robustness.json").read_text())
-    assert {row["loss"] for row in report["summary"]} == set(benchmark.LOSSES)
-    clean = {row["loss"]: row["expected_true_reward"] for row in report["summary"] if row["flip_rate"] == 0.0}
-    assert clean["dpo"] == pytest.approx(clean["rdpo"]) == pytest.approx(clean["cdpo"])  # eps = 0: same loss
-    assert report["environment"]["torch"]
-    assert (tmp_path / "noise_robustness.md").read_text().startswith("Expected true reward")
-    assert (tmp_path / "noise_robustness.png").stat().st_size > 0
+    benchmark = load(script, monkeypatch)
+    benchmark.main(["--smoke", "--output", str(tmp_path)])
+    report = json.loads((tmp_path / f"{script}.json").read_text(), parse_constant=reject_nan)
+    return benchmark, report
+
+
+def test_every_script_is_covered():
+    assert set(SCRIPTS) == {"kwise_efficiency", "noise_robustness", "rpo_overoptimisation"}, "add a smoke test for the new script"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_smoke_run_writes_results(script, tmp_path, monkeypatch):
+    benchmark, report = run_smoke(script, tmp_path, monkeypatch)
+    assert report["settings"]["SEEDS"] == benchmark.SMOKE["SEEDS"]  # --smoke applied its settings
+    for library in ("prefopt", "torch", "scipy", "python", "machine"):
+        assert report["environment"][library]
+    assert report["summary"] and report["runs"]
+    intervals = [value for row in report["summary"] for value in row.values() if isinstance(value, dict)]
+    assert intervals and all(set(cell) == {"mean", "low", "high", "n"} for cell in intervals)
+    assert all(cell["low"] <= cell["mean"] <= cell["high"] for cell in intervals if cell["low"] is not None)
+    assert "[" in (tmp_path / f"{script}.md").read_text()  # the table carries intervals
+    assert (tmp_path / f"{script}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_smoke_default_output_is_not_the_committed_results(monkeypatch):
+    reporting = load("_reporting", monkeypatch)
+    arguments = reporting.parse_arguments("doc", ["--smoke"])
+    assert arguments.output != reporting.RESULTS and arguments.output.is_dir()
+    assert reporting.parse_arguments("doc", []).output == reporting.RESULTS
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        # mean 2, sd 1, n 3: half-width = t(0.975, 2) * 1/sqrt(3) = 4.3027 * 0.57735 = 2.4841
+        ([1.0, 2.0, 3.0], {"mean": 2.0, "low": 2.0 - 2.4841, "high": 2.0 + 2.4841, "n": 3}),
+        ([5.0, 5.0], {"mean": 5.0, "low": 5.0, "high": 5.0, "n": 2}),  # zero spread: a point, not nan
+        ([4.0], {"mean": 4.0, "low": None, "high": None, "n": 1}),  # one seed: no interval
+    ],
+)
+def test_interval_is_a_student_t_interval_of_the_mean(values, expected, monkeypatch):
+    cell = load("_reporting", monkeypatch).interval(values)
+    assert cell == pytest.approx(expected, abs=1e-4) if expected["low"] is not None else cell == expected
+
+
+def test_compare_reads_overlap_as_no_verdict(monkeypatch):
+    compare = load("_reporting", monkeypatch).compare
+    assert compare({"low": 0.5, "high": 0.7}, {"low": 0.1, "high": 0.4}) == "higher"
+    assert compare({"low": 0.1, "high": 0.4}, {"low": 0.5, "high": 0.7}) == "lower"
+    assert compare({"low": 0.1, "high": 0.6}, {"low": 0.5, "high": 0.7}) == "overlap"
+    assert compare({"low": None, "high": None}, {"low": 0.5, "high": 0.7}) == "no interval"
+
+
+@pytest.mark.slow
+def test_noise_robustness_estimates_epsilon_beside_the_true_one(tmp_path, monkeypatch):
+    benchmark, report = run_smoke("noise_robustness", tmp_path, monkeypatch)
+    assert {row["method"] for row in report["summary"]} == set(benchmark.METHODS)
+    clean = {row["method"]: row["expected_true_reward"]["mean"] for row in report["summary"] if row["flip_rate"] == 0.0}
+    assert len(set(round(value, 6) for value in clean.values())) == 1  # eps = 0 (known and estimated): the same loss
+    estimates = report["estimates"]
+    assert len(estimates) == len(benchmark.SMOKE["SEEDS"]) * len(benchmark.SMOKE["FLIP_RATES"])
+    assert all(e["compared"] == benchmark.SMOKE["TRUSTED_PROMPTS"] and e["low"] <= e["estimate"] <= e["high"] for e in estimates)
+    assert all(e["estimate"] == 0.0 for e in estimates if e["flip_rate"] == 0.0)
+    estimated_rdpo = [r for r in report["runs"] if r["method"] == "rdpo (estimated eps)"]
+    assert [r["epsilon"] for r in estimated_rdpo] == [min(e["estimate"], benchmark.MAX_EPSILON) for e in estimates]
+
+
+@pytest.mark.slow
+def test_kwise_efficiency_covers_every_method_and_size(tmp_path, monkeypatch):
+    benchmark, report = run_smoke("kwise_efficiency", tmp_path, monkeypatch)
+    cells = {(row["method"], row["prompts"]) for row in report["summary"]}
+    assert cells == {(m, n) for m in benchmark.METHODS for n in benchmark.SMOKE["PROMPT_COUNTS"]}
+    rows = {(r["method"], r["prompts"], r["seed"]): r["training_rows"] for r in report["runs"]}
+    n = benchmark.SMOKE["PROMPT_COUNTS"][0]
+    # one ranking of K = 4 per prompt: 6 pairs (all), 3 (best vs rest), 1 (best vs worst)
+    assert [rows[(m, n, 0)] for m in benchmark.METHODS] == [n, 6 * n, 3 * n, n]
+    paired = {row["method"]: row["parameter_error_minus_plackett_luce"]["mean"] for row in report["summary"]}
+    assert paired["plackett_luce"] == 0.0
+
+
+@pytest.mark.slow
+def test_rpo_overoptimisation_records_a_curve_per_method(tmp_path, monkeypatch):
+    benchmark, report = run_smoke("rpo_overoptimisation", tmp_path, monkeypatch)
+    smoke = benchmark.SMOKE
+    assert report["steps"] == list(range(0, smoke["STEPS"] + 1, smoke["EVALUATE_EVERY"]))
+    assert set(report["curves"]) == set(benchmark.METHODS)
+    for curves in report["curves"].values():
+        assert all(len(points) == len(report["steps"]) for points in curves.values())
+    start = {method: curves["expected_true_reward"][0]["mean"] for method, curves in report["curves"].items()}
+    assert len(set(start.values())) == 1  # every method starts from the reference
