@@ -389,12 +389,16 @@ def _build_dataset(rows: Iterator[dict], converter: _Converter) -> datasets.Data
 
 
 def _streaming_dataset(rows: RowSource, make_converter: Callable[[], _Converter], what: str) -> datasets.IterableDataset:
+    from datasets.iterable_dataset import ExamplesIterable
+
     def generate():
         converter = make_converter()  # each pass starts afresh, so the report counts one pass
-        yield from _canonical_rows(rows, converter)
+        yield from enumerate(_canonical_rows(rows, converter))
         converter.report.log(what)
 
-    return datasets.IterableDataset.from_generator(generate)
+    # Built on ExamplesIterable directly: IterableDataset.from_generator sets up a dataset builder
+    # (seconds, and ~150 MB) to hash the generator, which a lazily read local file does not need.
+    return datasets.IterableDataset(ExamplesIterable(generate, {}))
 
 
 def load_preferences(

@@ -31,3 +31,16 @@ def test_noise_robustness_runs_and_reports(tmp_path, monkeypatch):
     assert report["environment"]["torch"]
     assert (tmp_path / "noise_robustness.md").read_text().startswith("Expected true reward")
     assert (tmp_path / "noise_robustness.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_large_source_memory_smoke_runs_and_reports(tmp_path):
+    pytest.importorskip("matplotlib")
+    benchmark = load("large_source_memory")
+    results = benchmark.main(["--smoke", "--output", str(tmp_path)])
+    assert [row["mode"] for row in results] == ["python objects (before)", "map-style", "map-style", "streaming"]
+    assert all(row["rows"] > 0 for row in results)
+    report = json.loads((tmp_path / "large_source_memory.json").read_text())
+    assert report["smoke"] is True and report["environment"]["pyarrow"]
+    assert (tmp_path / "large_source_memory.md").read_text().startswith("Peak memory of load_preferences")
+    assert (tmp_path / "large_source_memory.png").stat().st_size > 0
