@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import datasets
 import pyarrow
+from datasets.fingerprint import generate_random_fingerprint
 
 from ._validation import (
     KWISE_COLUMNS,
@@ -385,7 +386,9 @@ def _build_dataset(rows: Iterator[dict], converter: _Converter) -> datasets.Data
     scores = [c for c in score_columns if c in present and table[c].null_count < len(table)]
     extra = [c for c in table.column_names if c not in required and c not in score_columns]
     table = table.select([*required, *scores, *extra])
-    return datasets.Dataset(table)
+    # An explicit fingerprint: without one, Dataset() hashes the whole table by serialising it, a
+    # transient copy that made the peak 4x the table's size. An in-memory table caches no map() results.
+    return datasets.Dataset(table, fingerprint=generate_random_fingerprint())
 
 
 def _streaming_dataset(rows: RowSource, make_converter: Callable[[], _Converter], what: str) -> datasets.IterableDataset:
