@@ -378,7 +378,10 @@ def _build_dataset(rows: Iterator[dict], converter: _Converter) -> datasets.Data
             batch = []
     if batch:
         tables.append(_batch_table(batch))
-    required, score_columns = (converter.required, converter.score_columns) if converter.spec else (PAIRWISE_COLUMNS, ())
+    if converter.spec is not None:
+        required, score_columns = converter.required, converter.score_columns
+    else:  # no rows at all: the columns of the format's schema (a dispatcher's depends on rows; pairwise then)
+        required, score_columns = _COLUMNS[get_format(converter.format).schema or "pairwise"]
     if not tables:
         return datasets.Dataset.from_dict({name: [] for name in required})
     table = pyarrow.concat_tables(tables, promote_options="permissive")
