@@ -36,10 +36,17 @@ def accelerate_config_path(name: str) -> Path:
     return path
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit(f"usage: python -m prefopt.distributed NAME  (one of {', '.join(list_accelerate_configs())})")
+def main(argv: list[str]) -> int:
+    """``python -m prefopt.distributed NAME``: print the config's path (exit 0), or one line and exit 2."""
     try:
-        print(accelerate_config_path(sys.argv[1]))
+        if len(argv) != 1:
+            raise ValueError(f"usage: python -m prefopt.distributed NAME  (one of {', '.join(list_accelerate_configs())})")
+        print(accelerate_config_path(argv[0]))
+        return 0
     except ValueError as error:
-        raise SystemExit(str(error)) from None
+        print(f"prefopt.distributed: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -75,3 +75,10 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
     torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-4, atol=1e-5)
     for name, value in one["weights"].items():
         torch.testing.assert_close(two["weights"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_python_dash_m_prefopt_distributed_prints_a_config_path(capsys):
+    from prefopt.distributed import main
+
+    assert main(["fsdp"]) == 0 and capsys.readouterr().out.strip() == str(accelerate_config_path("fsdp"))
+    assert main(["fsdpp"]) == 2 and "unknown accelerate config 'fsdpp'" in capsys.readouterr().err
