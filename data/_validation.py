@@ -39,28 +39,33 @@ MIXED_FORMS = "mixes standard and conversational forms"
 BAD_LABEL = "label is not 0 or 1"
 BAD_TRANSCRIPT = "unparseable transcript"
 NO_PROMPT = "no shared prompt"
+MIXED_TYPES = "column holds values of another type"
 
 REASONS = (
     MISSING, NOT_TEXT, MALFORMED_MESSAGE, EMPTY, IDENTICAL, DUPLICATE, TOO_FEW, NOT_A_LIST, NOT_A_NUMBER,
     NON_FINITE, NOT_PERMUTATION, LENGTH_MISMATCH, UNSORTED_SCORES, TIED_SCORES, CONTRADICTING_SCORES,
-    MIXED_FORMS, BAD_LABEL, BAD_TRANSCRIPT, NO_PROMPT,
+    MIXED_FORMS, BAD_LABEL, BAD_TRANSCRIPT, NO_PROMPT, MIXED_TYPES,
 )
 
 
 class InvalidRowError(ValueError):
-    """A source row that cannot become a canonical row: ``row 17, field 'chosen': empty text``."""
+    """A source row that cannot become a canonical row: ``row 17, field 'chosen': empty text``, or
+    ``pairs.jsonl, line 18 (row 17), field 'chosen': empty text`` when it comes from a file."""
 
-    def __init__(self, row: int | None, field: str, reason: str, detail: str | None = None):
+    def __init__(self, row: int | None, field: str, reason: str, detail: str | None = None, location: str | None = None):
         self.row = row
         self.field = field
         self.reason = reason
         self.detail = detail
+        self.location = location  # "file, line N" for a row read from a file
         where = f"row {row}, field {field!r}" if row is not None else f"field {field!r}"
+        if location is not None:
+            where = f"{location} ({where.replace(', field', '), field', 1)}" if row is not None else f"{location}, {where}"
         super().__init__(f"{where}: {reason}" + (f" ({detail})" if detail else ""))
 
-    def at_row(self, row: int) -> "InvalidRowError":
-        """The same error re-addressed to ``row`` (checks run on one row do not know its index)."""
-        return InvalidRowError(row, self.field, self.reason, self.detail)
+    def at_row(self, row: int, location: str | None = None) -> "InvalidRowError":
+        """The same error re-addressed to ``row`` (checks run on one row do not know its index or file line)."""
+        return InvalidRowError(row, self.field, self.reason, self.detail, location)
 
 
 @dataclass
@@ -137,7 +142,34 @@ def check_text(value: Any, field: str, *, completion: bool = False) -> str:
             raise InvalidRowError(None, field, EMPTY, f"message {position} ({role})")
     if completion and value[0]["role"] != "assistant":
         raise InvalidRowError(None, field, MALFORMED_MESSAGE, f"a completion must start with an assistant message, got {value[0]['role']!r}")
+    if completion and value[-1]["role"] != "assistant":
+        # Training on it would teach the model to write the user's next turn as part of its answer.
+        raise InvalidRowError(None, field, MALFORMED_MESSAGE, f"a completion must end with an assistant message, got {value[-1]['role']!r}")
     return "conversational"
+
+
+def value_kind(value: Any) -> str | None:
+    """What an Arrow column must hold for ``value``: "number", "string", "list of string", ...; None for null.
+
+    int and float are one kind (Arrow widens them); a list's kind includes its first non-null item's
+    kind, and a list whose items differ in kind is "mixed list".
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, (list, tuple)):
+        kinds = {kind for kind in map(value_kind, value) if kind is not None}
+        if len(kinds) > 1:
+            return "mixed list"
+        return f"list of {kinds.pop()}" if kinds else "list"
+    return type(value).__name__
 
 
 def check_score(value: Any, field: str) -> float | None:

@@ -200,6 +200,9 @@ def parse_hh_transcript(text: str, field: str) -> list[dict]:
         raise InvalidRowError(None, field, BAD_TRANSCRIPT, "text before the first '\\n\\nHuman:' turn")
     if len(pieces) < 3:
         raise InvalidRowError(None, field, BAD_TRANSCRIPT, "no '\\n\\nHuman:' / '\\n\\nAssistant:' turns")
+    if pieces[-2] != "Assistant":
+        # The preference is about the last Assistant reply; a transcript that ends on the Human has none.
+        raise InvalidRowError(None, field, BAD_TRANSCRIPT, "it ends on a Human turn, so there is no final Assistant reply to prefer")
     return [{"role": _HH_ROLES[pieces[i]], "content": pieces[i + 1].strip()} for i in range(1, len(pieces), 2)]
 
 

@@ -7,7 +7,7 @@
 
 A mistake in what was asked (a bad flag value, a missing file or model path, an unknown loss, format
 or dataset name) prints one line, ``prefopt <command>: error: ...``, and exits with status 2; add
-``--debug`` (a flag of its own, anywhere) to see the traceback instead.
+``--debug`` (a flag of its own, anywhere) to see the traceback too.
 """
 
 from __future__ import annotations

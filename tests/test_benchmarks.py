@@ -33,12 +33,17 @@ def run_smoke(script, tmp_path, monkeypatch):
     return benchmark, report
 
 
+# Studies sharing benchmarks/_reporting.py's result layout (seeds, intervals); the others have their own test below.
+STUDIES = ["kwise_efficiency", "noise_robustness", "rpo_overoptimisation"]
+OWN_SMOKE_TESTS = ["large_source_memory"]
+
+
 def test_every_script_is_covered():
-    assert set(SCRIPTS) == {"kwise_efficiency", "noise_robustness", "rpo_overoptimisation"}, "add a smoke test for the new script"
+    assert set(SCRIPTS) == set(STUDIES) | set(OWN_SMOKE_TESTS), "add a smoke test for the new script"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", STUDIES)
 def test_smoke_run_writes_results(script, tmp_path, monkeypatch):
     benchmark, report = run_smoke(script, tmp_path, monkeypatch)
     assert report["settings"]["SEEDS"] == benchmark.SMOKE["SEEDS"]  # --smoke applied its settings
@@ -118,3 +123,16 @@ def test_rpo_overoptimisation_records_a_curve_per_method(tmp_path, monkeypatch):
         assert all(len(points) == len(report["steps"]) for points in curves.values())
     start = {method: curves["expected_true_reward"][0]["mean"] for method, curves in report["curves"].items()}
     assert len(set(start.values())) == 1  # every method starts from the reference
+
+
+@pytest.mark.slow
+def test_large_source_memory_smoke_runs_and_reports(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    benchmark = load("large_source_memory", monkeypatch)
+    results = benchmark.main(["--smoke", "--output", str(tmp_path)])
+    assert [row["mode"] for row in results] == ["python objects (before)", "map-style", "map-style", "streaming"]
+    assert all(row["rows"] > 0 for row in results)
+    report = json.loads((tmp_path / "large_source_memory.json").read_text())
+    assert report["smoke"] is True and report["environment"]["pyarrow"]
+    assert (tmp_path / "large_source_memory.md").read_text().startswith("Peak memory of load_preferences")
+    assert (tmp_path / "large_source_memory.png").stat().st_size > 0

@@ -75,7 +75,7 @@ def test_debug_with_a_value_stays_the_training_option():
 
 def test_invalid_rows_name_the_row_on_the_command_line(capsys, tmp_path, pairs_file):
     line, _ = _fail(["train", "--dataset", str(pairs_file), "--column_map", "question=prompt,good=chosen,bad=rejected"], capsys)
-    assert "row 8, field 'chosen': chosen identical to rejected" in line
+    assert "pairs.jsonl, line 9 (row 8), field 'chosen': chosen identical to rejected" in line
 
 
 def test_the_real_command_exits_2_without_a_traceback(tmp_path):

@@ -279,7 +279,7 @@ def test_csv_keeps_text_as_text_and_parses_score_columns(tmp_path):
         {"prompt": "Pick one", "chosen": "2", "rejected": "1", "score_chosen": 10.0, "score_rejected": 3.0, "labels": 0}
     ]
     (tmp_path / "nan.csv").write_text("prompt,chosen,rejected,score_chosen,score_rejected\nq,a,b,nan,1\n")
-    with pytest.raises(InvalidRowError, match=r"row 0, field 'score_chosen': score is NaN or infinite"):
+    with pytest.raises(InvalidRowError, match=r"nan.csv, line 2 \(row 0\), field 'score_chosen': score is NaN or infinite"):
         load_preferences(tmp_path / "nan.csv")
 
 

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # source folder -> package it is installed as (setup.cfg package_dir)
 SOURCE_FOLDERS = {"prefopt": "prefopt", "losses": "prefopt/losses", "data": "prefopt/data"}
-SHIPPED_SUFFIXES = {".py", ".jsonl", ".json"}
+SHIPPED_SUFFIXES = {".py", ".jsonl", ".json", ".yaml"}
 
 
 @pytest.mark.slow
