@@ -9,7 +9,11 @@ Heavy modules (trl, transformers) are imported on first use, so `import prefopt.
 
 from importlib import import_module
 
+from prefopt._quiet import silence_known_noise
+
 __version__ = "0.1.0"
+
+silence_known_noise()  # log filters for third-party messages no prefopt user can act on (see _quiet.py)
 
 # public name -> module that defines it (imported lazily on first attribute access)
 _LAZY = {

@@ -36,10 +36,10 @@ from datasets import Dataset, IterableDataset
 from torch.utils.data import DataLoader
 from transformers import AutoProcessor, ProcessorMixin
 from trl import DPOConfig, DPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, use_adapter
 
 from prefopt import reference_cache
+from prefopt._quiet import activation_checkpointing_disabled
 from prefopt._trainer_data import (
     FIELD_COLUMNS,
     OFFLINE_UNAVAILABLE,
@@ -267,7 +267,7 @@ class Trainer(DPOTrainer):
                 adapter_context = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
         with (
             torch.no_grad(),
-            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            activation_checkpointing_disabled(self.model, self.args.gradient_checkpointing_kwargs),
             adapter_context,
             self.accelerator.autocast(),
         ):
