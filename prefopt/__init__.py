@@ -3,6 +3,7 @@
     from prefopt import Trainer, PrefOptConfig      # drop-in for trl.DPOTrainer / trl.DPOConfig
     from prefopt.losses import get_loss, list_losses, LogProbs, register_loss
     from prefopt.data import load_preferences
+    trainer.summary(); prefopt.plot_history(trainer.state.log_history)   # after train(), in a notebook
 
 Heavy modules (trl, transformers) are imported on first use, so `import prefopt.losses` stays light.
 """
@@ -21,6 +22,8 @@ _LAZY = {
     "PrefOptConfig": "prefopt.config",
     "load_model": "prefopt.models",
     "default_model": "prefopt.models",
+    "plot_history": "prefopt.summary",
+    "training_summary": "prefopt.summary",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -39,7 +39,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import get_config_model_id, use_adapter
 
 from prefopt import reference_cache
-from prefopt._quiet import activation_checkpointing_disabled
+from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpointing_warnings_ignored
 from prefopt._trainer_data import (
     FIELD_COLUMNS,
     OFFLINE_UNAVAILABLE,
@@ -85,6 +85,7 @@ class Trainer(DPOTrainer):
     _tag_names = ["trl", "dpo", "prefopt"]
     _name = "PrefOpt"
 
+    @renamed_checkpointing_warnings_ignored()  # PEFT's get_peft_model, called by TRL with peft_config
     def __init__(
         self,
         model,
@@ -168,6 +169,12 @@ class Trainer(DPOTrainer):
         for callback in self.callback_handler.callbacks:
             if hasattr(callback, "bind_trainer"):
                 callback.bind_trainer(self)
+
+    def summary(self):
+        """Held-out metrics, dropped / truncated rows and timing as a small table (see `prefopt.summary`)."""
+        from prefopt.summary import training_summary
+
+        return training_summary(self)
 
     # ----------------------------------------------------------------------------------------- checks
 
