@@ -20,6 +20,7 @@ Writes benchmarks/results/noise_robustness.{json,md,png}. Runs in about a minute
 """
 
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -125,7 +126,7 @@ def main():
             for metric in ("expected_true_reward", "preference_accuracy", "cosine_to_true_reward", "scale_vs_optimum"):
                 values = torch.tensor([r[metric] for r in cell])
                 row[metric] = float(values.mean())
-                row[metric + "_std"] = float(values.std())
+                row[metric + "_std"] = float(values.std()) if len(values) > 1 else math.nan  # one seed: undefined
             summary.append(row)
 
     OUTPUT.mkdir(exist_ok=True)

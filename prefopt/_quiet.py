@@ -9,7 +9,9 @@ Two kinds of third-party noise reached every prefopt command (``--help`` include
 - transformers 5.23 renamed ``gradient_checkpointing_*`` to ``activation_checkpointing_*`` and warns
   (FutureWarning) on every use of the old names, which TRL's ``disable_gradient_checkpointing``
   still calls once per reference forward pass. prefopt uses `activation_checkpointing_disabled`
-  instead, which calls the new names where they exist, so there is nothing to silence.
+  instead, which calls the new names where they exist, so there is nothing to silence. PEFT's
+  ``get_peft_model`` (called by prefopt and by TRL's trainer) reads the old name once;
+  `renamed_checkpointing_warnings_ignored` drops exactly that warning around those calls.
 
 Everything else (deprecations a user's own code triggers, real errors) is left alone.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from typing import Any, Iterator
 
 # (logger name, start of the message) of log records that tell a prefopt user nothing they can act on.
@@ -41,6 +44,19 @@ def silence_known_noise() -> None:
         logger = logging.getLogger(logger_name)
         if not any(isinstance(existing, _DropMessages) and prefix in existing.prefixes for existing in logger.filters):
             logger.addFilter(_DropMessages((prefix,)))
+
+
+# transformers' FutureWarning for the renamed checkpointing API (the user's code is not the caller).
+_RENAMED_CHECKPOINTING = r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated and will be removed in v6"
+
+
+@contextlib.contextmanager
+def renamed_checkpointing_warnings_ignored() -> Iterator[None]:
+    """Ignore transformers' renamed-checkpointing FutureWarnings raised by PEFT/TRL inside the block
+    (usable as a decorator)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_RENAMED_CHECKPOINTING, category=FutureWarning)
+        yield
 
 
 @contextlib.contextmanager
