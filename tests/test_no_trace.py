@@ -20,15 +20,34 @@ def test_a_stray_file_is_reported(tmp_path, monkeypatch):
     (real_cache / "models").mkdir(parents=True)
     working_directory.mkdir()
     monkeypatch.setitem(conftest._STATE, "real_cache", real_cache)
+    monkeypatch.setitem(conftest._STATE, "real_cache_text", str(real_cache))
     monkeypatch.setitem(conftest._STATE, "working_directory", working_directory)
     monkeypatch.setitem(conftest._STATE, "before", conftest._snapshot(real_cache, working_directory))
+    monkeypatch.setattr(conftest, "_WRITTEN", set())
     assert conftest.stray_files() == []
 
-    (real_cache / "models" / "converted").mkdir()
+    (real_cache / "models" / "converted").mkdir()  # this process: seen by the audit hook
+    (real_cache / "models" / "converted" / "config.json").write_text("{}")
     (working_directory / "outputs" / "run").mkdir(parents=True)
     (working_directory / ".pytest_cache").mkdir()  # a tool cache, not a stray write
     assert set(conftest.stray_files()) == {
         str(real_cache / "models" / "converted"),
+        str(real_cache / "models" / "converted" / "config.json"),
         str(working_directory / "outputs"),
         str(working_directory / "outputs" / "run"),
     }
+
+
+def test_another_programs_writes_to_the_shared_cache_are_not_blamed_on_the_suite(tmp_path, monkeypatch):
+    real_cache = tmp_path / "home-cache"
+    real_cache.mkdir()
+    monkeypatch.setitem(conftest._STATE, "real_cache", real_cache)
+    monkeypatch.setitem(conftest._STATE, "real_cache_text", str(real_cache))
+    monkeypatch.setitem(conftest._STATE, "working_directory", tmp_path)
+    monkeypatch.setitem(conftest._STATE, "before", conftest._snapshot(real_cache, tmp_path))
+    monkeypatch.setattr(conftest, "_WRITTEN", set())
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", f"import os; os.makedirs({str(real_cache / 'models' / 'other')!r})"], check=True)
+    assert conftest.stray_files() == []
