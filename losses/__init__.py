@@ -8,7 +8,7 @@ Importing this package registers every built-in loss (one module each, below).
 
 from ._batch import LOGPROBS_FIELDS, LogProbs
 from ._combine import WeightedLoss, combine_losses
-from ._registry import LossSpec, get_loss, list_losses, register_loss, unregister_loss
+from ._registry import LossSpec, Range, get_loss, list_losses, register_loss, unregister_loss
 
 # Built-in losses register themselves on import (one module each).
 from . import (  # noqa: E402,F401  isort: skip
@@ -42,6 +42,7 @@ __all__ = [
     "LOGPROBS_FIELDS",
     "LogProbs",
     "LossSpec",
+    "Range",
     "WeightedLoss",
     "combine_losses",
     "get_loss",

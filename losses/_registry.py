@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -26,6 +27,51 @@ _RESPONSES = {
     "single": "1 sampled response per example",
 }
 _REGISTRY: dict[str, "LossSpec"] = {}
+_BOUNDS = ("[]", "[)", "(]", "()")
+# Every beta is an inverse temperature: a loss that declares no range for it gets this one.
+_BETA_RANGE = (0, None, "()")
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric hyper-parameter: ``low``/``high`` (None = unbounded) and which ends are closed.
+
+    ``Range(0, 0.5, "[)")`` is 0 <= x < 0.5. Every value must also be a finite real number.
+    """
+
+    low: float | None
+    high: float | None
+    bounds: str = "[]"
+
+    def __post_init__(self):
+        if self.bounds not in _BOUNDS:
+            raise ValueError(f"range bounds must be one of {list(_BOUNDS)}, got {self.bounds!r}")
+        for end in (self.low, self.high):
+            if end is not None and (not _is_real(end) or not math.isfinite(end)):
+                raise ValueError(f"range ends must be finite numbers or None, got {end!r}")
+        if self.low is not None and self.high is not None and not self.low < self.high:
+            raise ValueError(f"range low {self.low!r} must be below high {self.high!r}")
+
+    def __contains__(self, value: Any) -> bool:
+        if not _is_real(value) or not math.isfinite(value):
+            return False
+        low_ok = self.low is None or (value >= self.low if self.bounds[0] == "[" else value > self.low)
+        high_ok = self.high is None or (value <= self.high if self.bounds[1] == "]" else value < self.high)
+        return low_ok and high_ok
+
+    def __str__(self) -> str:
+        """``in [0, 0.5)``, ``> 0``, ``<= 1``, or '' when unbounded."""
+        if self.low is not None and self.high is not None:
+            return f"in {self.bounds[0]}{self.low:g}, {self.high:g}{self.bounds[1]}"
+        if self.low is not None:
+            return f"{'>=' if self.bounds[0] == '[' else '>'} {self.low:g}"
+        if self.high is not None:
+            return f"{'<=' if self.bounds[1] == ']' else '<'} {self.high:g}"
+        return ""
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -39,6 +85,7 @@ class LossSpec:
     required_fields: tuple[str, ...]
     hyperparameters: Mapping[str, Any]
     choices: Mapping[str, tuple[Any, ...]]
+    ranges: Mapping[str, Range]  # every numeric hyper-parameter has one (unbounded: finite numbers only)
     paper: str
     arxiv: str | None
     summary: str
@@ -57,10 +104,10 @@ class LossSpec:
             accepted = ", ".join(f"{k} (default {v!r})" for k, v in self.hyperparameters.items()) or "none"
             raise TypeError(f"loss {self.name!r} got unknown hyper-parameter(s) {unknown}; it accepts: {accepted}")
         resolved = {**self.hyperparameters, **hyperparameters}
-        if "beta" in resolved:
-            beta = resolved["beta"]
-            if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
-                raise ValueError(f"loss {self.name!r}: beta must be a finite number > 0, got {beta!r}")
+        for name, allowed_range in self.ranges.items():
+            if resolved[name] not in allowed_range:
+                condition = f" {allowed_range}" if str(allowed_range) else ""
+                raise ValueError(f"loss {self.name!r}: {name} must be a finite number{condition}, got {resolved[name]!r}")
         for name, allowed in self.choices.items():
             if resolved[name] not in allowed:
                 raise ValueError(f"loss {self.name!r}: {name} must be one of {list(allowed)}, got {resolved[name]!r}")
@@ -122,6 +169,7 @@ def register_loss(
     responses: str = "pair",
     requires: tuple[str, ...] = (),
     choices: Mapping[str, tuple[Any, ...]] | None = None,
+    ranges: Mapping[str, tuple[float | None, float | None, str] | Range] | None = None,
     trl_name: str | None = None,
     batch_coupled: bool = False,
 ) -> Callable[[Callable], Callable]:
@@ -134,6 +182,9 @@ def register_loss(
         responses: "pair" (K = 2), "ranked" (any K >= 2, best first) or "single" (K = 1).
         requires: other ``LogProbs`` fields that must not be None.
         choices: allowed values of string-valued hyper-parameters.
+        ranges: allowed intervals of numeric hyper-parameters, ``{"epsilon": (0, 0.5, "[)")}`` = 0 <= epsilon
+            < 0.5 (None for an open end). ``beta`` defaults to (0, None, "()"); any other numeric
+            hyper-parameter without a range must still be a finite number.
         trl_name: the TRL ``loss_type`` that computes the same value, if any.
         batch_coupled: one example's value depends on the rest of the batch (e.g. sorting across it).
 
@@ -156,6 +207,7 @@ def register_loss(
                 raise ValueError(f"loss {name!r}: choices given for {hyper!r}, which is not a hyper-parameter")
             if hyperparameters[hyper] not in allowed:
                 raise ValueError(f"loss {name!r}: default {hyper}={hyperparameters[hyper]!r} is not among {allowed}")
+        resolved_ranges = _ranges(name, hyperparameters, ranges or {})
         required = (("policy",) + (("reference",) if needs_reference else ()) + tuple(requires))
         summary = inspect.getdoc(function)
         if not summary:
@@ -168,6 +220,7 @@ def register_loss(
             required_fields=tuple(dict.fromkeys(required)),
             hyperparameters=MappingProxyType(hyperparameters),
             choices=MappingProxyType({k: tuple(v) for k, v in (choices or {}).items()}),
+            ranges=MappingProxyType(resolved_ranges),
             paper=paper,
             arxiv=arxiv,
             summary=summary.splitlines()[0],
@@ -177,6 +230,26 @@ def register_loss(
         return function
 
     return decorator
+
+
+def _ranges(name: str, hyperparameters: Mapping[str, Any], declared: Mapping[str, Any]) -> dict[str, Range]:
+    """The declared ranges, checked against the signature, plus the implicit ones (beta > 0, finite numbers)."""
+    ranges = {}
+    for hyper, declared_range in declared.items():
+        if hyper not in hyperparameters:
+            raise ValueError(f"loss {name!r}: a range is given for {hyper!r}, which is not a hyper-parameter")
+        if not isinstance(declared_range, Range):
+            if not isinstance(declared_range, tuple) or len(declared_range) != 3:
+                raise ValueError(f"loss {name!r}: the range of {hyper!r} must be (low, high, bounds), got {declared_range!r}")
+            declared_range = Range(*declared_range)
+        ranges[hyper] = declared_range
+    for hyper, default in hyperparameters.items():
+        if hyper not in ranges and _is_real(default):
+            ranges[hyper] = Range(*_BETA_RANGE) if hyper == "beta" else Range(None, None, "()")
+    for hyper, allowed_range in ranges.items():
+        if hyperparameters[hyper] not in allowed_range:
+            raise ValueError(f"loss {name!r}: default {hyper}={hyperparameters[hyper]!r} is outside its range {allowed_range}")
+    return {hyper: ranges[hyper] for hyper in hyperparameters if hyper in ranges}
 
 
 def unregister_loss(name: str) -> LossSpec:

@@ -28,12 +28,11 @@ from ._registry import register_loss
     paper="Melnyk et al. 2024, Distributional Preference Alignment of LLMs via Optimal Transport",
     arxiv="2406.05882",
     trl_name="aot",
+    ranges={"epsilon": (0, 0.5, "[]")},
     batch_coupled=True,
 )
 def aot(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.0) -> torch.Tensor:
     """Smoothed DPO on sort(pc - pr) - sort(rc - rr), sorted across the batch."""
-    if not 0.0 <= epsilon <= 0.5:
-        raise ValueError(f"loss 'aot': epsilon must lie in [0, 0.5], got {epsilon}")
     policy_chosen, policy_rejected = chosen_rejected(batch.policy)
     reference_chosen, reference_rejected = chosen_rejected(batch.reference)
     policy_sorted, _ = torch.sort(policy_chosen - policy_rejected, dim=0)

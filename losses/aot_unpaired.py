@@ -25,12 +25,11 @@ from ._registry import register_loss
     paper="Melnyk et al. 2024, Distributional Preference Alignment of LLMs via Optimal Transport",
     arxiv="2406.05882",
     trl_name="aot_unpaired",
+    ranges={"epsilon": (0, 0.5, "[]")},
     batch_coupled=True,
 )
 def aot_unpaired(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.0) -> torch.Tensor:
     """Smoothed DPO on sort(pc - rc) - sort(pr - rr), sorted across the batch."""
-    if not 0.0 <= epsilon <= 0.5:
-        raise ValueError(f"loss 'aot_unpaired': epsilon must lie in [0, 0.5], got {epsilon}")
     chosen, rejected = chosen_rejected(log_ratios(batch.policy, batch.reference))
     chosen_sorted, _ = torch.sort(chosen, dim=0)
     rejected_sorted, _ = torch.sort(rejected, dim=0)

@@ -29,16 +29,10 @@ from ._registry import register_loss
     "Optimization for Aligning Large Reasoning Models",
     arxiv="2510.05095",
     requires=("empty_policy", "empty_reference"),
+    ranges={"alpha": (0, 1, "[]")},  # alpha mixes the two views
 )
 def bvpo(batch: LogProbs, *, beta: float = 0.1, alpha: float = 0.5) -> torch.Tensor:
     """alpha * dpo(trace view) + (1 - alpha) * dpo(empty-trace view)."""
-    if isinstance(alpha, str):
-        raise ValueError(
-            "loss 'bvpo': alpha='auto' is estimated from gradient statistics by the online trainer, "
-            "which is not available yet; pass a number in [0, 1]"
-        )
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"loss 'bvpo': alpha mixes the two views and must lie in [0, 1], got {alpha}")
     trace_loss = sigmoid_loss(pair_margin(batch.policy, batch.reference), beta)
     empty_trace_loss = sigmoid_loss(pair_margin(batch.empty_policy, batch.empty_reference), beta)
     return alpha * trace_loss + (1 - alpha) * empty_trace_loss  # BVPO mixture of the two DPO estimators

@@ -20,9 +20,11 @@ from ._common import dpo_margin, smoothed_sigmoid_loss
 from ._registry import register_loss
 
 
-@register_loss("cdpo", paper="Mitchell 2023, A note on DPO with noisy preferences & relationship to IPO")
+@register_loss(
+    "cdpo",
+    paper="Mitchell 2023, A note on DPO with noisy preferences & relationship to IPO",
+    ranges={"epsilon": (0, 0.5, "[]")},  # a label-flip probability
+)
 def cdpo(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.1) -> torch.Tensor:
     """-(1-eps) log sigma(beta h) - eps log sigma(-beta h): DPO against labels smoothed by eps."""
-    if not 0.0 <= epsilon <= 0.5:
-        raise ValueError(f"loss 'cdpo': epsilon is a label-flip probability and must lie in [0, 0.5], got {epsilon}")
     return smoothed_sigmoid_loss(dpo_margin(batch), beta, epsilon)  # Eq. 3 of Mitchell 2023 (label-smoothed DPO)

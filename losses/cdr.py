@@ -32,11 +32,10 @@ from ._registry import register_loss
     paper="Xu et al. 2024, CDR: Customizable Density Ratios of Strong-over-weak LLMs for Preference Annotation",
     arxiv="2411.02481",
     requires=("scores",),
+    ranges={"temperature": (0, None, "()")},
 )
 def cdr(batch: LogProbs, *, beta: float = 0.1, temperature: float = 1.0) -> torch.Tensor:
     """-[p log sigma(beta h) + (1-p) log sigma(-beta h)], p = sigma((score_c - score_r)/temperature)."""
-    if temperature <= 0:
-        raise ValueError(f"loss 'cdr': temperature must be > 0, got {temperature}")
     margin = dpo_margin(batch)
     preference = torch.sigmoid((batch.scores[:, 0] - batch.scores[:, 1]) / temperature).to(margin.dtype)
     # soft-label Bradley-Terry cross-entropy with density-ratio labels

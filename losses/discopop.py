@@ -27,11 +27,10 @@ from ._registry import register_loss
     paper="Lu et al. 2024, Discovering Preference Optimization Algorithms with and for Large Language Models",
     arxiv="2406.08414",
     trl_name="discopop",
+    ranges={"tau": (0, None, "()")},
 )
 def discopop(batch: LogProbs, *, beta: float = 0.1, tau: float = 0.05) -> torch.Tensor:
     """-log sigma(beta h) (1 - m) + exp(-beta h) m, m = sigma(beta h / tau)."""
-    if tau <= 0:
-        raise ValueError(f"loss 'discopop': tau must be > 0, got {tau}")
     logits = beta * dpo_margin(batch)
     modulation = torch.sigmoid(logits / tau)
     exponential_part = torch.exp(-logits + F.logsigmoid(logits / tau))  # = exp(-z) * m, overflow-free

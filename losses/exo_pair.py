@@ -27,11 +27,10 @@ from ._registry import register_loss
     paper="Ji et al. 2024, Towards Efficient Exact Optimization of Language Model Alignment",
     arxiv="2402.00856",
     trl_name="exo_pair",
+    ranges={"epsilon": (0, 1, "()")},  # log eps and log(1 - eps) must be finite
 )
 def exo_pair(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 1e-3) -> torch.Tensor:
     """KL(sigma(beta h), [1-eps, eps]) = q (log q - log(1-eps)) + (1-q)(log(1-q) - log eps)."""
-    if not 0.0 < epsilon < 1.0:
-        raise ValueError(f"loss 'exo_pair': epsilon must lie in (0, 1), got {epsilon}")
     logits = beta * dpo_margin(batch)
     log_q_chosen, log_q_rejected = F.logsigmoid(logits), F.logsigmoid(-logits)
     # Eq. 16 of Ji et al. 2024 (K = 2)

@@ -28,13 +28,10 @@ from ._registry import register_loss
     "No-Regret Learning",
     arxiv="2407.00617",
     requires=("previous",),
+    ranges={"eta": (0, None, "()"), "ratio": (0, 1, "[]")},  # eta: a step size; ratio mixes reference and previous iterate
 )
 def inpo(batch: LogProbs, *, eta: float = 0.005, ratio: float = 1 / 3) -> torch.Tensor:
     """(h_t - 1/(2 eta))^2 with h_t measured against ratio*reference + (1-ratio)*previous iterate."""
-    if eta <= 0:
-        raise ValueError(f"loss 'inpo': eta is a learning-rate-like step size and must be > 0, got {eta}")
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"loss 'inpo': ratio mixes reference and previous iterate and must lie in [0, 1], got {ratio}")
     policy_margin = batch.policy[:, 0] - batch.policy[:, 1]
     reference_margin = batch.reference[:, 0] - batch.reference[:, 1]
     previous_margin = batch.previous[:, 0] - batch.previous[:, 1]

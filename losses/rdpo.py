@@ -27,13 +27,10 @@ from ._registry import register_loss
     paper="Chowdhury, Kini, Natarajan 2024, Provably Robust DPO: Aligning Language Models with Noisy Feedback",
     arxiv="2403.00409",
     trl_name="robust",
+    ranges={"epsilon": (0, 0.5, "[)")},  # a label-flip rate; 1 / (1 - 2 eps) diverges at 0.5
 )
 def rdpo(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.1) -> torch.Tensor:
     """[-(1-eps) log sigma(beta h) + eps log sigma(-beta h)] / (1 - 2 eps): unbiased under flips with rate eps."""
-    if not 0.0 <= epsilon < 0.5:
-        raise ValueError(
-            f"loss 'rdpo': epsilon is the label-flip rate and must satisfy 0 <= epsilon < 0.5, got {epsilon}"
-        )
     margin = dpo_margin(batch)
     # rDPO loss of Chowdhury et al. 2024 (Sec. 3.1): de-biased combination of the clean and flipped DPO terms
     return (-(1 - epsilon) * F.logsigmoid(beta * margin) + epsilon * F.logsigmoid(-beta * margin)) / (1 - 2 * epsilon)

@@ -28,11 +28,10 @@ from ._registry import register_loss
     "Adversarial Regularizer",
     arxiv="2405.16436",
     choices={"variant": ("sum", "mean")},
+    ranges={"eta": (0, None, "[)")},  # eta weighs the SFT term
 )
 def rpo(batch: LogProbs, *, beta: float = 0.1, eta: float = 0.005, variant: str = "sum") -> torch.Tensor:
     """dpo + eta*beta*(-pc) ("sum") or dpo + eta*(-pc/len_c) ("mean"): DPO with an SFT regulariser."""
-    if eta < 0:
-        raise ValueError(f"loss 'rpo': eta weighs the SFT term and must be >= 0, got {eta}")
     chosen_nll = -batch.policy[:, 0]
     if variant == "mean":
         if batch.lengths is None:

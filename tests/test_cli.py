@@ -31,9 +31,82 @@ def test_losses_table_has_one_row_per_registered_loss_with_its_defaults():
             assert spec.arxiv in row
 
 
-def test_python_dash_m_prefopt_lists_the_losses():
-    result = subprocess.run([sys.executable, "-m", "prefopt", "losses"], capture_output=True, text=True, check=True)
-    assert "| `dpo` |" in result.stdout
+def test_python_dash_m_prefopt_lists_the_losses_quietly_in_the_terminal_width():
+    result = subprocess.run(
+        [sys.executable, "-m", "prefopt", "losses"], capture_output=True, text=True, check=True, env=_env(COLUMNS="80")
+    )
+    assert result.stderr == "", "no warnings: nothing in `prefopt losses` is for the user to act on"
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = lines[2 : lines.index("")]
+    assert [line.split()[0] for line in rows if line[:1].strip()] == list_losses()
+    markdown = subprocess.run(
+        [sys.executable, "-m", "prefopt", "losses", "--markdown"], capture_output=True, text=True, check=True, env=_env()
+    )
+    assert markdown.stdout.strip() == cli.losses_table()
+
+
+def _env(**extra):
+    import os
+
+    return {**os.environ, **extra}
+
+
+@pytest.mark.parametrize("width", [72, 80, 120, 200])  # 72: the narrowest that breaks no word
+def test_terminal_table_fits_the_width_and_keeps_every_value(width):
+    from prefopt.losses._table import terminal_table
+
+    table = terminal_table(width=width)
+    assert max(len(line) for line in table.splitlines()) <= width
+    words = set(table.split())
+    for name in list_losses():
+        spec = get_loss(name)
+        assert name in words
+        for hyperparameter in spec.hyperparameters:  # wrapped cells break between values, never inside one
+            assert any(word.startswith(f"{hyperparameter}=") for word in words)
+
+
+def test_a_terminal_too_narrow_gets_the_narrowest_table_that_breaks_no_word():
+    from prefopt.losses._table import terminal_table
+
+    table = terminal_table(width=10)
+    assert "plackett_luce" in table.split() and "empty_reference" in table.replace(",", " ").split()
+
+
+@pytest.mark.parametrize("name", list_losses())
+def test_loss_card_shows_everything_the_registry_knows(name, capsys):
+    cli.main(["losses", name])
+    card = capsys.readouterr().out
+    spec = get_loss(name)
+    assert card.startswith(f"{name}\n") and spec.summary.split()[0] in card and spec.paper.split()[0] in card
+    for hyperparameter, default in spec.hyperparameters.items():
+        line = next(line for line in card.splitlines() if line.startswith(f"  {hyperparameter} = "))
+        if hyperparameter in spec.ranges and str(spec.ranges[hyperparameter]):
+            assert f"a finite number {spec.ranges[hyperparameter]}" in line
+        for choice in spec.choices.get(hyperparameter, ()):
+            assert repr(choice) in line
+    if spec.arxiv:
+        assert f"https://arxiv.org/abs/{spec.arxiv}" in card
+    for field_name in spec.required_fields:
+        assert field_name in card
+
+
+def test_rdpo_card_by_hand():
+    from prefopt.losses._table import loss_card
+
+    card = loss_card("rdpo", width=100)
+    assert "  epsilon = 0.1  (a finite number in [0, 0.5))" in card.splitlines()
+    assert "  beta = 0.1  (a finite number > 0)" in card.splitlines()
+    assert "TRL loss_type:   robust" in card and "arXiv:           2403.00409" in card
+
+
+def test_losses_command_errors(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["losses", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["losses", "dpo", "--markdown"])
+    assert "either NAME or --markdown" in capsys.readouterr().err
 
 
 def test_no_command_prints_usage_and_fails():
@@ -173,6 +246,56 @@ def test_annotate_command_cdr_with_an_adapter_over_its_base(tmp_path, checkpoint
 
 
 def test_annotate_command_refuses_cdr_without_a_strong_weak_pair(tmp_path, checkpoint):
-    with pytest.raises(SystemExit, match="--adapter"):
+    with pytest.raises(cli.UserError, match="--adapter"):
         cli.annotate(["--prompts", str(_short_prompts(tmp_path)), "--reward", "cdr", "--model", str(checkpoint),
                       "--output", str(tmp_path / "x.jsonl")])
+# --- help and noise -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arguments", [["--help"], ["losses"], ["losses", "rdpo"], ["train", "--help"]])
+def test_commands_print_no_warnings(arguments):
+    result = subprocess.run(
+        [sys.executable, "-m", "prefopt", *arguments], capture_output=True, text=True, check=True, env=_env(COLUMNS="100")
+    )
+    assert result.stderr == "", f"prefopt {' '.join(arguments)} wrote to stderr:\n{result.stderr}"
+
+
+def test_train_help_shows_prefopt_options_then_the_common_training_ones(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    options = [line.split()[0] for line in text.splitlines() if line.startswith("  --")]
+    from dataclasses import fields
+
+    from prefopt.config import PrefOptConfig
+
+    prefopt_options = [f"--{f.name}" for f in fields(cli.ScriptArguments)] + [f"--{n}" for n in PrefOptConfig.__annotations__]
+    common = [f"--{name}" for name in cli.COMMON_TRAINING_OPTIONS]
+    shown = [option for option in options if not option.startswith("--no_")]
+    assert shown == ["--config", "--help-all", *prefopt_options, *common]
+    assert "--fsdp" not in options and "prefopt train --help-all" in text
+    assert len(text.splitlines()) < 200
+
+
+def test_train_help_all_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help-all"])
+    text = capsys.readouterr().out
+    for action in cli._parser()._actions:
+        assert action.option_strings[0] in text
+
+
+def test_negative_flags_say_what_they_do(capsys):
+    parser = cli._parser()
+    (no_lora,) = [action for action in parser._actions if "--no_use_lora" in action.option_strings]
+    assert no_lora.help.startswith("Turn use_lora off") and "Train a LoRA" not in no_lora.help
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    block = text[text.index("--no_use_lora") :].split("\n  --")[0]
+    assert "(default: False)" not in block
+    script_args, _ = cli.parse_train_arguments(["--no_use_lora", "--report_to", "none"])
+    assert script_args.use_lora is False
+    script_args, training_args = cli.parse_train_arguments(["--report_to", "none"])
+    assert script_args.use_lora is True and training_args.output_dir == "outputs/train"

@@ -5,8 +5,10 @@ import re
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from prefopt.losses import LogProbs, combine_losses, get_loss, list_losses, register_loss, unregister_loss
+from prefopt.losses import LogProbs, Range, combine_losses, get_loss, list_losses, register_loss, unregister_loss
 
 from helpers_losses import full_batch, pair
 
@@ -118,10 +120,80 @@ def test_response_count_errors_for_ranked_and_single_losses():
         get_loss("fdpg")(full_batch(get_loss("fdpg"), num_responses=2))
 
 
-@pytest.mark.parametrize("epsilon", [0.5, 0.7, -0.1])
+@pytest.mark.parametrize("epsilon", [0.5, 0.7, -0.1, math.nan])
 def test_rdpo_refuses_epsilon_outside_zero_to_half(epsilon):
-    with pytest.raises(ValueError, match=r"0 <= epsilon < 0.5"):
+    with pytest.raises(ValueError, match=r"epsilon must be a finite number in \[0, 0.5\), got"):
         get_loss("rdpo")(full_batch(get_loss("rdpo")), epsilon=epsilon)
+
+
+# Declared ranges, written out by hand from the papers (LOSSES.md); beta > 0 everywhere it appears.
+CONTRACT_RANGES = {
+    ("aot", "epsilon"): "in [0, 0.5]",
+    ("aot_unpaired", "epsilon"): "in [0, 0.5]",
+    ("bvpo", "alpha"): "in [0, 1]",
+    ("cdpo", "epsilon"): "in [0, 0.5]",
+    ("cdr", "temperature"): "> 0",
+    ("discopop", "tau"): "> 0",
+    ("exo_pair", "epsilon"): "in (0, 1)",
+    ("inpo", "eta"): "> 0",
+    ("inpo", "ratio"): "in [0, 1]",
+    ("rdpo", "epsilon"): "in [0, 0.5)",
+    ("rpo", "eta"): ">= 0",
+    ("vpo", "alpha"): ">= 0",
+}
+
+
+def test_declared_ranges_match_the_contract():
+    declared = {
+        (name, hyper): str(allowed)
+        for name in list_losses()
+        for hyper, allowed in get_loss(name).ranges.items()
+        if hyper != "beta" and str(allowed)
+    }
+    assert declared == CONTRACT_RANGES
+    assert {str(get_loss(name).ranges["beta"]) for name in list_losses() if "beta" in get_loss(name).hyperparameters} == {"> 0"}
+
+
+@pytest.mark.parametrize("name", list_losses())
+def test_every_numeric_hyperparameter_has_a_range_and_its_default_is_inside(name):
+    spec = get_loss(name)
+    numeric = {h for h, v in spec.hyperparameters.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert set(spec.ranges) == numeric
+    for hyper in numeric:
+        assert spec.hyperparameters[hyper] in spec.ranges[hyper]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+@pytest.mark.parametrize("name", [n for n in list_losses() if get_loss(n).ranges])
+def test_range_check_accepts_exactly_the_values_inside(name, data):
+    spec = get_loss(name)
+    hyper = data.draw(st.sampled_from(sorted(spec.ranges)))
+    allowed = spec.ranges[hyper]
+    value = data.draw(
+        st.one_of(
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.sampled_from([v for v in (allowed.low, allowed.high) if v is not None] or [0.0]),
+            st.sampled_from(["0.1", True, None]),
+        )
+    )
+    inside = (
+        isinstance(value, float | int) and not isinstance(value, bool) and math.isfinite(value)
+        and (allowed.low is None or value > allowed.low or (allowed.bounds[0] == "[" and value == allowed.low))
+        and (allowed.high is None or value < allowed.high or (allowed.bounds[1] == "]" and value == allowed.high))
+    )
+    if inside:
+        assert spec.resolve_hyperparameters(**{hyper: value})[hyper] == value
+    else:
+        with pytest.raises(ValueError, match=rf"loss '{name}': {hyper} must be a finite number"):
+            spec.resolve_hyperparameters(**{hyper: value})
+
+
+def test_range_objects_read_as_inequalities():
+    assert str(Range(0, 0.5, "[)")) == "in [0, 0.5)" and 0.0 in Range(0, 0.5, "[)") and 0.5 not in Range(0, 0.5, "[)")
+    assert str(Range(0, None, "()")) == "> 0" and 0 not in Range(0, None, "()") and 1e-9 in Range(0, None, "()")
+    assert str(Range(None, 1, "(]")) == "<= 1" and str(Range(None, None, "()")) == ""
+    assert math.inf not in Range(None, None, "()") and "1" not in Range(None, None, "()") and True not in Range(0, 2)
 
 
 @pytest.mark.parametrize("beta", [0.0, -0.1, math.nan, math.inf, "0.1", True])
@@ -144,7 +216,7 @@ def test_online_vpo_without_calibration_samples_raises():
 
 
 def test_bvpo_auto_alpha_is_not_a_loss_argument():
-    with pytest.raises(ValueError, match=r"alpha='auto'.*pass a number"):
+    with pytest.raises(ValueError, match=r"alpha must be a finite number in \[0, 1\], got 'auto'"):
         get_loss("bvpo")(full_batch(get_loss("bvpo")), alpha="auto")
 
 
@@ -198,6 +270,26 @@ def test_registration_rejects_malformed_functions(scratch_name):
     with pytest.raises(ValueError, match="responses must be one of"):
         register_loss(scratch_name, paper="x", responses="triple")
     assert scratch_name not in list_losses()
+
+
+def test_registration_checks_declared_ranges(scratch_name):
+    def loss(batch, *, beta=0.1, epsilon=0.6):
+        """x."""
+        return batch.policy[:, 0]
+
+    with pytest.raises(ValueError, match=r"range is given for 'gamma', which is not a hyper-parameter"):
+        register_loss(scratch_name, paper="x", ranges={"gamma": (0, 1, "[]")})(loss)
+    with pytest.raises(ValueError, match=r"default epsilon=0.6 is outside its range in \[0, 0.5\)"):
+        register_loss(scratch_name, paper="x", ranges={"epsilon": (0, 0.5, "[)")})(loss)
+    with pytest.raises(ValueError, match=r"bounds must be one of"):
+        register_loss(scratch_name, paper="x", ranges={"epsilon": (0, 1, "[[")})(loss)
+    with pytest.raises(ValueError, match=r"must be \(low, high, bounds\)"):
+        register_loss(scratch_name, paper="x", ranges={"epsilon": (0, 1)})(loss)
+    with pytest.raises(ValueError, match=r"low 1 must be below high 0"):
+        register_loss(scratch_name, paper="x", ranges={"epsilon": (1, 0, "[]")})(loss)
+    assert scratch_name not in list_losses()
+    register_loss(scratch_name, paper="x", ranges={"epsilon": (0, 1, "[)")})(loss)
+    assert get_loss(scratch_name).resolve_hyperparameters(epsilon=0.0) == {"beta": 0.1, "epsilon": 0.0}
 
 
 def test_a_loss_returning_the_wrong_shape_is_caught(scratch_name):
