@@ -171,6 +171,9 @@ def _short_help(parser) -> str:
         ("loss (prefopt)", list(PrefOptConfig.__annotations__)),
         ("common training options (TRL / transformers)", list(COMMON_TRAINING_OPTIONS)),
     )
+    # a name in two groups (PrefOptConfig redeclares TRL's `beta`) is shown once, in the first
+    seen: set[str] = set()
+    groups = tuple((title, [n for n in names if not (n in seen or seen.add(n))]) for title, names in groups)
     shown = {name for _, names in groups for name in names}
     hidden = {action.dest for action in parser._actions if action.option_strings and action.dest not in shown} - {"help"}
     display = argparse.ArgumentParser(

@@ -273,7 +273,7 @@ def test_train_help_shows_prefopt_options_then_the_common_training_ones(capsys):
     prefopt_options = [f"--{f.name}" for f in fields(cli.ScriptArguments)] + [f"--{n}" for n in PrefOptConfig.__annotations__]
     common = [f"--{name}" for name in cli.COMMON_TRAINING_OPTIONS]
     shown = [option for option in options if not option.startswith("--no_")]
-    assert shown == ["--config", "--help-all", *prefopt_options, *common]
+    assert shown == ["--config", "--help-all", *dict.fromkeys([*prefopt_options, *common])]  # each option once
     assert "--fsdp" not in options and "prefopt train --help-all" in text
     assert len(text.splitlines()) < 200
 
