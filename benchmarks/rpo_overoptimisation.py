@@ -113,7 +113,8 @@ def train(loss_name, hyperparameters, true_weights, train_features, test_feature
     for step in range(STEPS + 1):
         if step % EVALUATE_EVERY == 0:
             with torch.no_grad():
-                curve.append({"step": step, **evaluate(theta, true_weights, train_features, test_features, pairs)})
+                metrics = evaluate(theta, true_weights, train_features, test_features, pairs)
+                curve.append({"step": step, **{name: round(value, 5) for name, value in metrics.items()}})  # a smaller JSON
         if step == STEPS:
             break
         log_probs = torch.log_softmax(reference + train_features @ theta, dim=-1)
