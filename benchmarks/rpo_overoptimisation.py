@@ -168,7 +168,10 @@ def main(argv=None):
 
     record = {"settings": settings(globals()), "environment": environment(started),
               "optimum_expected_true_reward": interval(optimum), "steps": steps, "curves": curves,
-              "summary": summary, "runs": runs}
+              "summary": summary,
+              # per seed, one list per metric over `steps` (columns keep the file small)
+              "runs": [{"method": r["method"], "seed": r["seed"], **{m: [point[m] for point in r["curve"]] for m in METRICS}}
+                       for r in runs]}
     optimum_reward = record["optimum_expected_true_reward"]["mean"]
     table_steps = [s for s in TABLE_STEPS if s in steps]
     lines = [
