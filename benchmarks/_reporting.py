@@ -84,7 +84,8 @@ def environment(started):
         "prefopt": prefopt.__version__, "torch": torch.__version__, "scipy": scipy.__version__,
         "matplotlib": matplotlib.__version__, "python": platform.python_version(), "machine": platform.machine(),
         "processor": platform.processor() or "unknown", "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-        "seconds": round(time.time() - started, 1),
+        # wall time on a machine shared with other jobs, and this process's own CPU time (imports included)
+        "seconds": round(time.time() - started, 1), "cpu_seconds": round(time.process_time(), 1),
     }
 
 

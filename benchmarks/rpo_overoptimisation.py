@@ -113,7 +113,8 @@ def train(loss_name, hyperparameters, true_weights, train_features, test_feature
     for step in range(STEPS + 1):
         if step % EVALUATE_EVERY == 0:
             with torch.no_grad():
-                curve.append({"step": step, **evaluate(theta, true_weights, train_features, test_features, pairs)})
+                metrics = evaluate(theta, true_weights, train_features, test_features, pairs)
+                curve.append({"step": step, **{name: round(value, 5) for name, value in metrics.items()}})  # a smaller JSON
         if step == STEPS:
             break
         log_probs = torch.log_softmax(reference + train_features @ theta, dim=-1)
@@ -167,7 +168,10 @@ def main(argv=None):
 
     record = {"settings": settings(globals()), "environment": environment(started),
               "optimum_expected_true_reward": interval(optimum), "steps": steps, "curves": curves,
-              "summary": summary, "runs": runs}
+              "summary": summary,
+              # per seed, one list per metric over `steps` (columns keep the file small)
+              "runs": [{"method": r["method"], "seed": r["seed"], **{m: [point[m] for point in r["curve"]] for m in METRICS}}
+                       for r in runs]}
     optimum_reward = record["optimum_expected_true_reward"]["mean"]
     table_steps = [s for s in TABLE_STEPS if s in steps]
     lines = [

@@ -5,11 +5,13 @@ Numbers are not asserted (a smoke run checks the script, not the claim); the str
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
 SCRIPTS = sorted(path.stem for path in BENCHMARKS.glob("*.py") if not path.stem.startswith("_"))
 
 
@@ -136,3 +138,26 @@ def test_large_source_memory_smoke_runs_and_reports(tmp_path, monkeypatch):
     assert report["smoke"] is True and report["environment"]["pyarrow"]
     assert (tmp_path / "large_source_memory.md").read_text().startswith("Peak memory of load_preferences")
     assert (tmp_path / "large_source_memory.png").stat().st_size > 0
+def readme_section():
+    match = re.search(r"<!-- benchmarks:start -->(.*?)<!-- benchmarks:end -->", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+    assert match, "README has no benchmarks section"
+    return match.group(1)
+
+
+def test_readme_documents_every_script_and_links_committed_results():
+    text = readme_section()
+    assert set(re.findall(r"python benchmarks/(\w+)\.py", text)) == set(SCRIPTS)
+    for script in SCRIPTS:
+        for suffix in ("json", "md", "png"):
+            assert (BENCHMARKS / "results" / f"{script}.{suffix}").is_file(), f"commit the results of {script}"
+    for link in re.findall(r"\]\((benchmarks/results/[^)]+)\)", text):
+        assert (ROOT / link).is_file(), link
+
+
+def test_readme_tables_are_copied_from_the_committed_results():
+    """A README table row must appear verbatim in a results markdown file, so it cannot go stale."""
+    results = "\n".join(path.read_text() for path in (BENCHMARKS / "results").glob("*.md"))
+    rows = [line for line in readme_section().splitlines() if line.startswith("|") and not line.startswith("|---")]
+    assert rows
+    stale = [row for row in rows if row not in results]
+    assert not stale, f"README rows not in benchmarks/results/*.md (re-run the script and copy its table): {stale}"
