@@ -29,6 +29,7 @@ from ._registry import register_loss
     arxiv="2406.05882",
     trl_name="aot",
     batch_coupled=True,
+    example_weights=False,
 )
 def aot(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.0) -> torch.Tensor:
     """Smoothed DPO on sort(pc - pr) - sort(rc - rr), sorted across the batch."""

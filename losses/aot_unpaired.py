@@ -26,6 +26,7 @@ from ._registry import register_loss
     arxiv="2406.05882",
     trl_name="aot_unpaired",
     batch_coupled=True,
+    example_weights=False,
 )
 def aot_unpaired(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.0) -> torch.Tensor:
     """Smoothed DPO on sort(pc - rc) - sort(pr - rr), sorted across the batch."""

@@ -20,7 +20,11 @@ from ._common import dpo_margin, smoothed_sigmoid_loss
 from ._registry import register_loss
 
 
-@register_loss("cdpo", paper="Mitchell 2023, A note on DPO with noisy preferences & relationship to IPO")
+@register_loss(
+    "cdpo",
+    paper="Mitchell 2023, A note on DPO with noisy preferences & relationship to IPO",
+    log_ratio_form=True,
+)
 def cdpo(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.1) -> torch.Tensor:
     """-(1-eps) log sigma(beta h) - eps log sigma(-beta h): DPO against labels smoothed by eps."""
     if not 0.0 <= epsilon <= 0.5:

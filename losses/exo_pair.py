@@ -27,6 +27,7 @@ from ._registry import register_loss
     paper="Ji et al. 2024, Towards Efficient Exact Optimization of Language Model Alignment",
     arxiv="2402.00856",
     trl_name="exo_pair",
+    log_ratio_form=True,
 )
 def exo_pair(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 1e-3) -> torch.Tensor:
     """KL(sigma(beta h), [1-eps, eps]) = q (log q - log(1-eps)) + (1-q)(log(1-q) - log eps)."""

@@ -27,6 +27,7 @@ from ._registry import register_loss
     paper="Chowdhury, Kini, Natarajan 2024, Provably Robust DPO: Aligning Language Models with Noisy Feedback",
     arxiv="2403.00409",
     trl_name="robust",
+    log_ratio_form=True,
 )
 def rdpo(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.1) -> torch.Tensor:
     """[-(1-eps) log sigma(beta h) + eps log sigma(-beta h)] / (1 - 2 eps): unbiased under flips with rate eps."""

@@ -49,7 +49,7 @@ from prefopt._trainer_data import (
     tokenize_kwise,
 )
 from prefopt.config import PrefOptConfig
-from prefopt.losses import LogProbs, combine_losses
+from prefopt.losses import LogProbs, combine_losses, length_desensitized_logps, wpo_weights
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,10 @@ class Trainer(DPOTrainer):
 
     Differences from TRL: with a model object, no `ref_model`, no PEFT and no precomputation, the
     reference is a copy of the initial model (TRL reloads it from `model.config._name_or_path`);
-    losses that need no reference never run one (the copy is dropped). `ld_alpha`,
-    `use_weighting` and `f_divergence_type != "reverse_kl"` are not supported (they raise).
+    losses that need no reference never run one (the copy is dropped). TRL's loss modifiers are registry
+    building blocks: `ld_alpha` (`prefopt.losses.length_desensitized_logps`), `use_weighting`
+    (`LogProbs.weights` from `prefopt.losses.wpo_weights`) and `f_divergence_type` (`prefopt.losses.f_divergence`,
+    applied by `combine_losses` to every loss registered with `log_ratio_form=True`).
     Callbacks that define `bind_trainer(trainer)` are given the trainer after construction.
     """
 
@@ -107,15 +109,11 @@ class Trainer(DPOTrainer):
             args = _as_prefopt_config(args)
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
-        for unsupported, active in (
-            ("ld_alpha", args.ld_alpha is not None),
-            ("use_weighting", args.use_weighting),
-            ("f_divergence_type", args.f_divergence_type != "reverse_kl"),
-        ):
-            if active:
-                raise NotImplementedError(f"prefopt.Trainer does not support `{unsupported}`; use trl.DPOTrainer for it")
-
-        self.preference_loss = combine_losses(args.loss_components())
+        self.preference_loss = combine_losses(
+            args.loss_components(),
+            f_divergence=args.f_divergence_type,
+            f_alpha_divergence_coef=args.f_alpha_divergence_coef,
+        )
         self.loss_hyperparameters = args.loss_hyperparameters()
         first_example = next(iter(train_dataset))
         if "image" in first_example or "images" in first_example:
@@ -128,10 +126,11 @@ class Trainer(DPOTrainer):
         self.latest_log_ratios: torch.Tensor | None = None  # policy - reference of the last training batch's responses
 
         # TRL would reload the reference from `model.config._name_or_path`, which an in-memory model does not have.
-        uses_peft = peft_config is not None or is_peft_model(model)
+        # A model given by name or path is left to TRL, which loads the reference from the same name.
         reference_copied = False
-        if ref_model is None and not uses_peft and not args.precompute_ref_log_probs and not isinstance(model, str):
-            ref_model, reference_copied = copy.deepcopy(model), True
+        if ref_model is None and not isinstance(model, str):
+            if peft_config is None and not is_peft_model(model) and not args.precompute_ref_log_probs:
+                ref_model, reference_copied = copy.deepcopy(model), True
 
         if data_collator is None:
             if processing_class is None:
@@ -255,7 +254,25 @@ class Trainer(DPOTrainer):
         outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
         # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens
         per_token_logps = outputs.log_probs[:, -(completion_mask.size(1) - 1) :]
-        return per_token_logps.sum(dim=1), outputs
+        if self.args.ld_alpha is None:
+            return per_token_logps.sum(dim=1), outputs
+        shifted_mask = completion_mask[..., 1:]
+        return length_desensitized_logps(per_token_logps, shifted_mask, self._response_index(inputs), self.args.ld_alpha), outputs
+
+    @staticmethod
+    def _response_index(inputs) -> torch.Tensor:
+        """``inputs["response_index"]``, or TRL's layout (chosen rows, then rejected rows) for a TRL collator."""
+        if "response_index" in inputs:
+            return inputs["response_index"]
+        half = inputs["input_ids"].size(0) // 2
+        return torch.stack([torch.arange(half), torch.arange(half) + half], 1).to(inputs["input_ids"].device)
+
+    def _example_weights(self, outputs, inputs, response_index) -> torch.Tensor:
+        """WPO weights [B, K] of the responses (`use_weighting`), from the policy forward's fused-head outputs."""
+        shifted_mask = inputs["completion_mask"][..., 1:]
+        seq_len = shifted_mask.size(1)
+        weights = wpo_weights(outputs.log_probs[:, -seq_len:], outputs.log_sum_sq_probs[:, -seq_len:], shifted_mask)
+        return self._as_matrix(weights, response_index).masked_fill(response_index < 0, 1.0)
 
     def _reference_logps(self, inputs) -> torch.Tensor:
         """Sequence log-probs [N] under the reference: `ref_model`, or the policy with its adapter disabled."""
@@ -320,6 +337,8 @@ class Trainer(DPOTrainer):
         if self.ref_model is None and is_peft_model(model):
             skip = set(model.peft_config) - ({"ref"} if "ref" in model.peft_config else set())
         settings = {"max_length": self.args.max_length, "truncation_mode": self.args.truncation_mode}
+        if self.args.ld_alpha is not None:  # LD-DPO changes the sequence log-probs themselves
+            settings["ld_alpha"] = self.args.ld_alpha
         return reference_cache.fingerprint(
             reference_cache.module_digest(model, skip),
             reference_cache.rows_digest(dataset, ("prompt_ids", "chosen_ids", "rejected_ids", "completions_ids")),
@@ -332,10 +351,7 @@ class Trainer(DPOTrainer):
         mode = "train" if self.model.training else "eval"
         extra = {"output_router_logits": True} if self.aux_loss_enabled else {}
         policy_rows, outputs = self._forward_logps(model, inputs, **extra)
-        response_index = inputs.get("response_index")
-        if response_index is None:  # a user collator in TRL's layout: chosen rows, then rejected rows
-            half = policy_rows.size(0) // 2
-            response_index = torch.stack([torch.arange(half), torch.arange(half) + half], 1).to(policy_rows.device)
+        response_index = self._response_index(inputs)
         real = response_index >= 0
         lengths_rows = inputs["completion_mask"].sum(dim=1)
         fields = {"policy": self._as_matrix(policy_rows, response_index)}
@@ -349,6 +365,8 @@ class Trainer(DPOTrainer):
                 fields["reference"] = torch.stack([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]], 1)
             else:
                 fields["reference"] = self._as_matrix(self._reference_logps(inputs), response_index)
+        if self.args.use_weighting:
+            fields["weights"] = self._example_weights(outputs, inputs, response_index).to(policy_rows.dtype)
         for field in self.preference_loss.required_fields:
             if field not in fields:
                 fields[field] = inputs[f"field_{field}"].to(policy_rows.dtype)
