@@ -47,7 +47,8 @@ def _js_divergence(log_ratio: torch.Tensor, alpha: float) -> torch.Tensor:
 def _alpha_divergence(log_ratio: torch.Tensor, alpha: float) -> torch.Tensor:
     if abs(alpha - 1.0) < 1e-6:  # f'(t) -> log t as alpha -> 1
         return log_ratio
-    exponent = torch.clamp(((alpha - 1.0) * log_ratio).float(), max=_EXPONENT_CLAMP[log_ratio.dtype])
+    compute_dtype = torch.promote_types(log_ratio.dtype, torch.float32)  # as TRL: exp() in at least float32
+    exponent = torch.clamp(((alpha - 1.0) * log_ratio).to(compute_dtype), max=_EXPONENT_CLAMP[log_ratio.dtype])
     return (torch.exp(exponent) - 1.0).to(log_ratio.dtype) / (alpha - 1.0)  # f'(t) = (t^(a-1) - 1) / (a-1)
 
 
