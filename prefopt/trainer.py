@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoProcessor, ProcessorMixin
 from trl import DPOConfig, DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import get_config_model_id, use_adapter
+from trl.trainer.utils import create_model_from_path, get_config_model_id, use_adapter
 
 from prefopt import reference_cache
 from prefopt._trainer_data import (
@@ -126,6 +126,8 @@ class Trainer(DPOTrainer):
         self.latest_log_ratios: torch.Tensor | None = None  # policy - reference of the last training batch's responses
 
         # TRL would reload the reference from `model.config._name_or_path`, which an in-memory model does not have.
+        if isinstance(ref_model, str):  # TRL takes only an object; load it as TRL loads its own reference
+            ref_model = self._load_reference(ref_model, model, args, quantization_config)
         # A model given by name or path is left to TRL, which loads the reference from the same name.
         reference_copied = False
         if ref_model is None and not isinstance(model, str):
@@ -167,6 +169,17 @@ class Trainer(DPOTrainer):
         for callback in self.callback_handler.callbacks:
             if hasattr(callback, "bind_trainer"):
                 callback.bind_trainer(self)
+
+    @staticmethod
+    def _load_reference(name_or_path: str, model, args, quantization_config):
+        """The reference named ``name_or_path``, loaded with `model_init_kwargs` like TRL's implicit reference."""
+        init_kwargs = dict(args.model_init_kwargs or {})
+        if quantization_config is not None:
+            init_kwargs["quantization_config"] = quantization_config
+        init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        if not isinstance(model, str):  # a policy given as an object was not loaded from model_init_kwargs
+            init_kwargs.setdefault("dtype", model.dtype)
+        return create_model_from_path(name_or_path, **init_kwargs)
 
     # ----------------------------------------------------------------------------------------- checks
 
@@ -298,10 +311,14 @@ class Trainer(DPOTrainer):
         return values[response_index.clamp(min=0)].masked_fill(~real, 0)
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        if isinstance(dataset, IterableDataset):
+            raise ValueError(  # TRL's wording, so code written against trl.DPOTrainer's errors keeps working
+                "`precompute_ref_log_probs=True` is not supported with IterableDataset. Please use a map-style "
+                f"Dataset or set `precompute_ref_log_probs=False`. (prefopt: the {name!r} dataset is an IterableDataset; "
+                "precomputed reference log-probs are stored per row, which needs random access.)"
+            )
         if not self.preference_loss.needs_reference:
             return dataset
-        if isinstance(dataset, IterableDataset):
-            raise ValueError("`precompute_ref_log_probs=True` needs a map-style Dataset, not an IterableDataset")
         key = self.reference_fingerprint(dataset)
         values = reference_cache.load(self.args.ref_logps_cache_dir, key)
         if values is None:
@@ -438,6 +455,11 @@ class Trainer(DPOTrainer):
     # ---------------------------------------------------------------------------------- evaluation
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        if isinstance(eval_dataset, dict):  # one pass per split, each logged under its own prefix (as TRL's keys)
+            metrics = {}
+            for name, dataset in eval_dataset.items():
+                metrics.update(self.evaluate(dataset, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
         self._eval_prefix = metric_key_prefix
         try:
             return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
