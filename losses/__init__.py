@@ -9,6 +9,8 @@ Importing this package registers every built-in loss (one module each, below).
 from ._batch import LOGPROBS_FIELDS, LogProbs
 from ._combine import WeightedLoss, combine_losses
 from ._registry import LossSpec, Range, get_loss, list_losses, register_loss, unregister_loss
+from .f_divergence import F_DIVERGENCES, apply_f_divergence, f_prime
+from .per_token import length_desensitized_logps, wpo_weights
 
 # Built-in losses register themselves on import (one module each).
 from . import (  # noqa: E402,F401  isort: skip
@@ -39,14 +41,19 @@ from . import (  # noqa: E402,F401  isort: skip
 )
 
 __all__ = [
+    "F_DIVERGENCES",
     "LOGPROBS_FIELDS",
     "LogProbs",
     "LossSpec",
     "Range",
     "WeightedLoss",
+    "apply_f_divergence",
     "combine_losses",
+    "f_prime",
     "get_loss",
+    "length_desensitized_logps",
     "list_losses",
     "register_loss",
     "unregister_loss",
+    "wpo_weights",
 ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import torch
 
 # Which shape each optional field must have, relative to policy's [B, K].
-_PER_RESPONSE = ("reference", "lengths", "mask", "previous", "empty_policy", "empty_reference", "scores")
+_PER_RESPONSE = ("reference", "lengths", "mask", "previous", "empty_policy", "empty_reference", "scores", "weights")
 _PER_EXAMPLE = ("calibration_policy", "calibration_reference")  # [B]
 _PER_SAMPLE = ("proposal", "target")  # [B, 1]
 
@@ -34,6 +34,8 @@ class LogProbs:
         scores:                [B, K] rewards of each response (CDR soft labels)
         proposal:              [B, 1] log q(y) of the sampling distribution (f-DPG)
         target:                [B, 1] log P(y) of the unnormalised target (f-DPG)
+        weights:               [B, K] per-response weights (WPO); a loss's value for example b is multiplied
+                               by the product of its real responses' weights (see `WeightedLoss`)
     """
 
     policy: torch.Tensor
@@ -48,6 +50,7 @@ class LogProbs:
     scores: torch.Tensor | None = None
     proposal: torch.Tensor | None = None
     target: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         for field in fields(self):

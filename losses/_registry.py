@@ -91,6 +91,8 @@ class LossSpec:
     summary: str
     trl_name: str | None = None  # the TRL 1.16 DPOConfig.loss_type computing the same value
     batch_coupled: bool = False  # one example's loss depends on the other examples of the batch
+    log_ratio_form: bool = False  # reads policy/reference only through log pi - log pi_ref (f-DPO applies)
+    example_weights: bool = True  # per-example weights (WPO) may scale its values (False: values belong to ranks)
 
     @property
     def kwise(self) -> bool:
@@ -172,6 +174,8 @@ def register_loss(
     ranges: Mapping[str, tuple[float | None, float | None, str] | Range] | None = None,
     trl_name: str | None = None,
     batch_coupled: bool = False,
+    log_ratio_form: bool = False,
+    example_weights: bool = True,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering ``fn(batch, *, hyper=default, ...) -> Tensor[B]`` as loss ``name``.
 
@@ -187,6 +191,11 @@ def register_loss(
             hyper-parameter without a range must still be a finite number.
         trl_name: the TRL ``loss_type`` that computes the same value, if any.
         batch_coupled: one example's value depends on the rest of the batch (e.g. sorting across it).
+        log_ratio_form: the loss reads ``policy`` and ``reference`` only through the log-ratios
+            ``policy - reference`` (and ``lengths``), so f-DPO may replace each log-ratio by f'(ratio)
+            (see `prefopt.losses.f_divergence`).
+        example_weights: per-example weights (``LogProbs.weights``, WPO) may multiply its values; False for
+            losses whose i-th value does not belong to example i (they sort across the batch).
 
     The function itself is returned unchanged, so it stays importable and testable on its own.
     """
@@ -226,6 +235,8 @@ def register_loss(
             summary=summary.splitlines()[0],
             trl_name=trl_name,
             batch_coupled=batch_coupled,
+            log_ratio_form=log_ratio_form,
+            example_weights=example_weights,
         )
         return function
 

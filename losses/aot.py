@@ -30,6 +30,7 @@ from ._registry import register_loss
     trl_name="aot",
     ranges={"epsilon": (0, 0.5, "[]")},
     batch_coupled=True,
+    example_weights=False,
 )
 def aot(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.0) -> torch.Tensor:
     """Smoothed DPO on sort(pc - pr) - sort(rc - rr), sorted across the batch."""

@@ -27,6 +27,7 @@ from ._registry import register_loss
     trl_name="aot_unpaired",
     ranges={"epsilon": (0, 0.5, "[]")},
     batch_coupled=True,
+    example_weights=False,
 )
 def aot_unpaired(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.0) -> torch.Tensor:
     """Smoothed DPO on sort(pc - rc) - sort(pr - rr), sorted across the batch."""

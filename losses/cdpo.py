@@ -24,6 +24,7 @@ from ._registry import register_loss
     "cdpo",
     paper="Mitchell 2023, A note on DPO with noisy preferences & relationship to IPO",
     ranges={"epsilon": (0, 0.5, "[]")},  # a label-flip probability
+    log_ratio_form=True,
 )
 def cdpo(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.1) -> torch.Tensor:
     """-(1-eps) log sigma(beta h) - eps log sigma(-beta h): DPO against labels smoothed by eps."""

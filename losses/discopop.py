@@ -28,6 +28,7 @@ from ._registry import register_loss
     arxiv="2406.08414",
     trl_name="discopop",
     ranges={"tau": (0, None, "()")},
+    log_ratio_form=True,
 )
 def discopop(batch: LogProbs, *, beta: float = 0.1, tau: float = 0.05) -> torch.Tensor:
     """-log sigma(beta h) (1 - m) + exp(-beta h) m, m = sigma(beta h / tau)."""

@@ -23,6 +23,7 @@ from ._registry import register_loss
     paper="Rafailov et al. 2023, Direct Preference Optimization: Your Language Model is Secretly a Reward Model",
     arxiv="2305.18290",
     trl_name="sigmoid",
+    log_ratio_form=True,
 )
 def dpo(batch: LogProbs, *, beta: float = 0.1) -> torch.Tensor:
     """-log sigma(beta h), h = (pc - rc) - (pr - rr)."""

@@ -28,6 +28,7 @@ from ._registry import register_loss
     arxiv="2402.00856",
     trl_name="exo_pair",
     ranges={"epsilon": (0, 1, "()")},  # log eps and log(1 - eps) must be finite
+    log_ratio_form=True,
 )
 def exo_pair(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 1e-3) -> torch.Tensor:
     """KL(sigma(beta h), [1-eps, eps]) = q (log q - log(1-eps)) + (1-q)(log(1-q) - log eps)."""

@@ -22,6 +22,7 @@ from ._registry import register_loss
     paper="Zhao et al. 2023, SLiC-HF: Sequence Likelihood Calibration with Human Feedback",
     arxiv="2305.10425",
     trl_name="hinge",
+    log_ratio_form=True,
 )
 def hinge(batch: LogProbs, *, beta: float = 0.1) -> torch.Tensor:
     """max(0, 1 - beta h)."""

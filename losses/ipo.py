@@ -25,6 +25,7 @@ from ._registry import register_loss
     arxiv="2310.12036",
     requires=("lengths",),
     trl_name="ipo",
+    log_ratio_form=True,
 )
 def ipo(batch: LogProbs, *, beta: float = 0.1) -> torch.Tensor:
     """(h_avg - 1/(2 beta))^2 with per-token log-ratios (TRL's length normalisation)."""

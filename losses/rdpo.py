@@ -28,6 +28,7 @@ from ._registry import register_loss
     arxiv="2403.00409",
     trl_name="robust",
     ranges={"epsilon": (0, 0.5, "[)")},  # a label-flip rate; 1 / (1 - 2 eps) diverges at 0.5
+    log_ratio_form=True,
 )
 def rdpo(batch: LogProbs, *, beta: float = 0.1, epsilon: float = 0.1) -> torch.Tensor:
     """[-(1-eps) log sigma(beta h) + eps log sigma(-beta h)] / (1 - 2 eps): unbiased under flips with rate eps."""

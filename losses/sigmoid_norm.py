@@ -26,6 +26,7 @@ from ._registry import register_loss
     arxiv="2411.15124",
     requires=("lengths",),
     trl_name="sigmoid_norm",
+    log_ratio_form=True,
 )
 def sigmoid_norm(batch: LogProbs, *, beta: float = 0.1) -> torch.Tensor:
     """-log sigma(beta * (per-token log-ratio of chosen - of rejected))."""

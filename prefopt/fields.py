@@ -32,6 +32,7 @@ STEP_FIELDS = {
     "policy": "the policy forward (sum of response-token log-probs)",
     "lengths": "the policy forward's response token counts",
     "mask": "the collator (K-wise rows with fewer responses than the batch's K)",
+    "weights": "the policy forward's fused-head outputs, when `use_weighting` is set (WPO weights)",
 }
 # Columns holding precomputed reference log-probs (`precompute_ref_log_probs=True`, or TRL's own columns).
 REFERENCE_COLUMNS = {"pair": ("ref_chosen_logps", "ref_rejected_logps"), "kwise": "ref_logps"}

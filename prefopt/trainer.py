@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoProcessor, ProcessorMixin
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOConfig, DPOTrainer
-from trl.trainer.utils import get_config_model_id, use_adapter
+from trl.trainer.utils import create_model_from_path, get_config_model_id, use_adapter
 
 from prefopt import reference_cache
 from prefopt._oom import advise_on_out_of_memory
@@ -41,8 +41,8 @@ from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpoint
 from prefopt._trainer_data import PreferenceCollator, is_kwise_example, tokenize_kwise
 from prefopt.config import PrefOptConfig
 from prefopt.fields import REFERENCE_COLUMNS, STEP_FIELDS, FieldProvider, as_matrix, resolve_providers
-from prefopt.logprobs import model_inputs, preference_accuracy, sequence_logps
-from prefopt.losses import LogProbs, combine_losses
+from prefopt.logprobs import SequenceLogProbs, model_inputs, preference_accuracy, token_logps
+from prefopt.losses import LogProbs, combine_losses, length_desensitized_logps, wpo_weights
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,10 @@ class Trainer(DPOTrainer):
 
     Differences from TRL: with a model object, no `ref_model`, no PEFT and no precomputation, the
     reference is a copy of the initial model (TRL reloads it from `model.config._name_or_path`);
-    losses that need no reference never run one (the copy is dropped). `ld_alpha`,
-    `use_weighting` and `f_divergence_type != "reverse_kl"` are not supported (they raise).
+    losses that need no reference never run one (the copy is dropped). TRL's loss modifiers are registry
+    building blocks: `ld_alpha` (`prefopt.losses.length_desensitized_logps`), `use_weighting`
+    (`LogProbs.weights` from `prefopt.losses.wpo_weights`) and `f_divergence_type` (`prefopt.losses.f_divergence`,
+    applied by `combine_losses` to every loss registered with `log_ratio_form=True`).
     Callbacks that define `bind_trainer(trainer)` are given the trainer after construction.
 
     prefopt's one extra argument, `field_providers`, adds or replaces `prefopt.fields.FieldProvider`s
@@ -104,15 +106,11 @@ class Trainer(DPOTrainer):
             args = _as_prefopt_config(args)
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
-        for unsupported, active in (
-            ("ld_alpha", args.ld_alpha is not None),
-            ("use_weighting", args.use_weighting),
-            ("f_divergence_type", args.f_divergence_type != "reverse_kl"),
-        ):
-            if active:
-                raise NotImplementedError(f"prefopt.Trainer does not support `{unsupported}`; use trl.DPOTrainer for it")
-
-        self.preference_loss = combine_losses(args.loss_components())
+        self.preference_loss = combine_losses(
+            args.loss_components(),
+            f_divergence=args.f_divergence_type,
+            f_alpha_divergence_coef=args.f_alpha_divergence_coef,
+        )
         self.loss_hyperparameters = args.loss_hyperparameters()
         first_example = next(iter(train_dataset))
         if "image" in first_example or "images" in first_example:
@@ -126,10 +124,13 @@ class Trainer(DPOTrainer):
         self.dropped_rows: dict[str, int] = {}  # dataset name -> rows filtered out during preparation
 
         # TRL would reload the reference from `model.config._name_or_path`, which an in-memory model does not have.
-        uses_peft = peft_config is not None or is_peft_model(model)
+        if isinstance(ref_model, str):  # TRL takes only an object; load it as TRL loads its own reference
+            ref_model = self._load_reference(ref_model, model, args, quantization_config)
+        # A model given by name or path is left to TRL, which loads the reference from the same name.
         reference_copied = False
-        if ref_model is None and not uses_peft and not args.precompute_ref_log_probs and not isinstance(model, str):
-            ref_model, reference_copied = copy.deepcopy(model), True
+        if ref_model is None and not isinstance(model, str):
+            if peft_config is None and not is_peft_model(model) and not args.precompute_ref_log_probs:
+                ref_model, reference_copied = copy.deepcopy(model), True
 
         if data_collator is None:
             if processing_class is None:
@@ -176,11 +177,23 @@ class Trainer(DPOTrainer):
         needed = [self.field_providers[f] for f in self.preference_loss.required_fields if f in self.field_providers]
         needed += self._given_providers
         return list({id(provider): provider for provider in needed}.values())
+
     def summary(self):
         """Held-out metrics, dropped / truncated rows and timing as a small table (see `prefopt.summary`)."""
         from prefopt.summary import training_summary
 
         return training_summary(self)
+
+    @staticmethod
+    def _load_reference(name_or_path: str, model, args, quantization_config):
+        """The reference named ``name_or_path``, loaded with `model_init_kwargs` like TRL's implicit reference."""
+        init_kwargs = dict(args.model_init_kwargs or {})
+        if quantization_config is not None:
+            init_kwargs["quantization_config"] = quantization_config
+        init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        if not isinstance(model, str):  # a policy given as an object was not loaded from model_init_kwargs
+            init_kwargs.setdefault("dtype", model.dtype)
+        return create_model_from_path(name_or_path, **init_kwargs)
 
     # ----------------------------------------------------------------------------------------- checks
 
@@ -246,6 +259,33 @@ class Trainer(DPOTrainer):
 
     # ------------------------------------------------------------------------------------ log-probs
 
+    def response_logps(self, model, inputs, **model_kwargs) -> SequenceLogProbs:
+        """Sequence log-probs [N] of every row of ``inputs`` under ``model`` through `prefopt.logprobs` (TRL's fused
+        head), with TRL's `ld_alpha` (length-desensitised log-probs) applied when it is set."""
+        per_token, outputs = token_logps(model, inputs, fused_lm_head=True, **model_kwargs)
+        shifted_mask = inputs["completion_mask"][..., 1:]
+        if self.args.ld_alpha is None:
+            logps = per_token.sum(dim=1)
+        else:
+            logps = length_desensitized_logps(per_token, shifted_mask, self._response_index(inputs), self.args.ld_alpha)
+        return SequenceLogProbs(logps, shifted_mask.sum(dim=1), outputs)
+
+    @staticmethod
+    def _response_index(inputs) -> torch.Tensor:
+        """``inputs["response_index"]``, or TRL's layout (chosen rows, then rejected rows) for a TRL collator."""
+        if "response_index" in inputs:
+            return inputs["response_index"]
+        half = inputs["input_ids"].size(0) // 2
+        return torch.stack([torch.arange(half), torch.arange(half) + half], 1).to(inputs["input_ids"].device)
+
+    @staticmethod
+    def _example_weights(outputs, inputs, response_index) -> torch.Tensor:
+        """WPO weights [B, K] of the responses (`use_weighting`), from the policy forward's fused-head outputs."""
+        shifted_mask = inputs["completion_mask"][..., 1:]
+        seq_len = shifted_mask.size(1)
+        weights = wpo_weights(outputs.log_probs[:, -seq_len:], outputs.log_sum_sq_probs[:, -seq_len:], shifted_mask)
+        return as_matrix(weights, response_index).masked_fill(response_index < 0, 1.0)
+
     def reference_logps(self, inputs) -> torch.Tensor:
         """Sequence log-probs [N] under the reference: `ref_model`, or the policy with its adapter disabled."""
         adapter_context, model = contextlib.nullcontext(), self.ref_model
@@ -260,13 +300,17 @@ class Trainer(DPOTrainer):
             adapter_context,
             self.accelerator.autocast(),
         ):
-            return sequence_logps(model, inputs, fused_lm_head=True).logps
+            return self.response_logps(model, inputs).logps
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        if isinstance(dataset, IterableDataset):
+            raise ValueError(  # TRL's wording, so code written against trl.DPOTrainer's errors keeps working
+                "`precompute_ref_log_probs=True` is not supported with IterableDataset. Please use a map-style "
+                f"Dataset or set `precompute_ref_log_probs=False`. (prefopt: the {name!r} dataset is an IterableDataset; "
+                "precomputed reference log-probs are stored per row, which needs random access.)"
+            )
         if not self.preference_loss.needs_reference:
             return dataset
-        if isinstance(dataset, IterableDataset):
-            raise ValueError("`precompute_ref_log_probs=True` needs a map-style Dataset, not an IterableDataset")
         key = self.reference_fingerprint(dataset)
         kwise = "completions_ids" in dataset.column_names
         width = max((len(ids) for ids in dataset["completions_ids"]), default=0) if kwise else 2
@@ -303,6 +347,8 @@ class Trainer(DPOTrainer):
         if self.ref_model is None and is_peft_model(model):
             skip = set(model.peft_config) - ({"ref"} if "ref" in model.peft_config else set())
         settings = {"max_length": self.args.max_length, "truncation_mode": self.args.truncation_mode}
+        if self.args.ld_alpha is not None:  # LD-DPO changes the sequence log-probs themselves
+            settings["ld_alpha"] = self.args.ld_alpha
         return reference_cache.fingerprint(
             reference_cache.module_digest(model, skip),
             reference_cache.rows_digest(dataset, ("prompt_ids", "chosen_ids", "rejected_ids", "completions_ids")),
@@ -314,18 +360,17 @@ class Trainer(DPOTrainer):
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
         extra = {"output_router_logits": True} if self.aux_loss_enabled else {}
-        policy = sequence_logps(model, inputs, fused_lm_head=True, **extra)
+        policy = self.response_logps(model, inputs, **extra)
         outputs = policy.outputs
-        response_index = inputs.get("response_index")
-        if response_index is None:  # a user collator in TRL's layout: chosen rows, then rejected rows
-            half = policy.logps.size(0) // 2
-            response_index = torch.stack([torch.arange(half), torch.arange(half) + half], 1).to(policy.logps.device)
+        response_index = self._response_index(inputs)
         fields = {"policy": as_matrix(policy.logps, response_index), "lengths": as_matrix(policy.lengths, response_index)}
         if self.kwise_data:
             fields["mask"] = response_index >= 0
         for provider in self._batch_providers():
             provided = provider.provide(self, inputs, response_index)
             fields.update((name, value.to(policy.logps.dtype)) for name, value in provided.items())
+        if self.args.use_weighting:
+            fields["weights"] = self._example_weights(outputs, inputs, response_index).to(policy.logps.dtype)
         batch = LogProbs(**fields)
         per_component = self.preference_loss.components_per_example(batch, per_loss=self.step_hyperparameters())
         loss = 0.0
@@ -439,6 +484,11 @@ class Trainer(DPOTrainer):
     # ---------------------------------------------------------------------------------- evaluation
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        if isinstance(eval_dataset, dict):  # one pass per split, each logged under its own prefix (as TRL's keys)
+            metrics = {}
+            for name, dataset in eval_dataset.items():
+                metrics.update(self.evaluate(dataset, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
         self._eval_prefix = metric_key_prefix
         try:
             return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)

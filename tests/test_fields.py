@@ -53,7 +53,7 @@ def test_servable_fields_of_the_bundled_task_rows():
     from prefopt.data import get_task
 
     row = get_task("arithmetic").load("pairwise", split="train")[0]
-    assert servable_fields(row) == {"policy", "lengths", "mask", "reference", "scores"}
+    assert servable_fields(row) == {"policy", "lengths", "mask", "weights", "reference", "scores"}
 
 
 def test_model_field_feeds_previous_with_a_forward_under_another_model(tmp_path):

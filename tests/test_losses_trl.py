@@ -24,18 +24,29 @@ PROMPT_LENGTH = 3
 class PerTokenLogProbsModel:
     """Stands in for a causal LM: returns the given per-token log-probs and zero side statistics."""
 
-    def __init__(self, per_token_logps):
+    def __init__(self, per_token_logps, log_sum_sq_probs=None):
         self.per_token_logps = per_token_logps
+        self.log_sum_sq_probs = log_sum_sq_probs
 
     def __call__(self, **kwargs):
         zeros = torch.zeros_like(self.per_token_logps)
         return SimpleNamespace(
-            log_probs=self.per_token_logps, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool()
+            log_probs=self.per_token_logps,
+            entropy=zeros,
+            mean_logits=zeros,
+            is_top1=zeros.bool(),
+            log_sum_sq_probs=self.log_sum_sq_probs,
         )
 
 
-def trl_loss(loss_types, loss_weights, per_token_logps, completion_mask, reference, beta, label_smoothing, tau):
-    """TRL 1.16's loss for rows [chosen_1..chosen_B, rejected_1..rejected_B]."""
+def trl_loss(
+    loss_types, loss_weights, per_token_logps, completion_mask, reference, beta, label_smoothing, tau, **modifiers
+):
+    """TRL 1.16's loss for rows [chosen_1..chosen_B, rejected_1..rejected_B].
+
+    ``modifiers`` override TRL's loss modifiers (``ld_alpha``, ``use_weighting``, ``f_divergence_type``,
+    ``f_alpha_divergence_coef``); ``log_sum_sq_probs`` feeds the stand-in model's WPO output."""
+    log_sum_sq_probs = modifiers.pop("log_sum_sq_probs", None)
     trainer = SimpleNamespace(
         model=SimpleNamespace(training=True),
         accelerator=SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x),
@@ -48,11 +59,13 @@ def trl_loss(loss_types, loss_weights, per_token_logps, completion_mask, referen
         beta=beta,
         label_smoothing=label_smoothing,
         use_weighting=False,
+        f_alpha_divergence_coef=1.0,
         args=SimpleNamespace(discopop_tau=tau),
         _metrics=defaultdict(lambda: defaultdict(list)),
         _total_train_tokens=0,
         _tp_size=1,
     )
+    vars(trainer).update(modifiers)
     inputs = {
         "input_ids": torch.ones_like(completion_mask),
         "attention_mask": torch.ones_like(completion_mask),
@@ -60,7 +73,8 @@ def trl_loss(loss_types, loss_weights, per_token_logps, completion_mask, referen
         "ref_chosen_logps": reference[:, 0],
         "ref_rejected_logps": reference[:, 1],
     }
-    return DPOTrainer._compute_loss(trainer, PerTokenLogProbsModel(per_token_logps), inputs, return_outputs=False)
+    model = PerTokenLogProbsModel(per_token_logps, log_sum_sq_probs)
+    return DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
 
 
 def random_sequences(batch_size=6, max_completion=7, seed=0, scale=1.0):
