@@ -39,7 +39,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, use_adapter
 
-from prefopt import reference_cache
+from prefopt import packing, reference_cache
 from prefopt._trainer_data import (
     FIELD_COLUMNS,
     OFFLINE_UNAVAILABLE,
@@ -146,6 +146,8 @@ class Trainer(DPOTrainer):
                 pad_to_multiple_of=args.pad_to_multiple_of,
             )
 
+        # TRL 1.16 refuses `padding_free` (disabled upstream, it warns and resets it); prefopt.packing provides it
+        padding_free, args.padding_free = args.padding_free, False
         super().__init__(
             model=model,
             ref_model=ref_model,
@@ -160,6 +162,11 @@ class Trainer(DPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
+        args.padding_free = padding_free
+        self.packing_fallback_reason: str | None = None  # why the last forward used the plain layout, if it did
+        self._packing_checked: dict[int, str | None] = {}  # id(model) -> None (packing verified) or the reason not
+        self._packing_logged: set[tuple[int, str]] = set()  # fallbacks already logged
+        self._packed_layout_cache: tuple[torch.Tensor, Any] | None = None  # (input_ids, layout) of the last batch
         if not needs_reference and (reference_copied or ref_model is None):
             self.ref_model = None  # reference-free loss: free the copy TRL prepared
         self._eval_prefix = "eval"
@@ -248,14 +255,78 @@ class Trainer(DPOTrainer):
 
     def _forward_logps(self, model, inputs, **extra_kwargs):
         """Sequence log-probs [N] of every row of ``inputs`` under ``model``, and the fused-head outputs."""
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS and not k.startswith("field_")}
-        model_kwargs.update(use_cache=False, **extra_kwargs)
         completion_mask = inputs["completion_mask"]
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        # --- prefopt.packing hook: prompt shared by its responses / padding-free rows (plain layout otherwise) ---
+        layout = self._packed_layout(model, inputs, extra_kwargs)
+        if layout is not None:
+            outputs = packing.packed_forward(model, layout)
+        else:
+            model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS and not k.startswith("field_")}
+            model_kwargs.update(use_cache=False, **extra_kwargs)
+            labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+            outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
         # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens
         per_token_logps = outputs.log_probs[:, -(completion_mask.size(1) - 1) :]
         return per_token_logps.sum(dim=1), outputs
+
+    def _packed_layout(self, model, inputs, extra_kwargs) -> packing.PackedLayout | None:
+        """The packed layout of ``inputs`` for ``model``, or None (reason in `packing_fallback_reason`) when
+        packing is switched off or cannot serve this model or batch. A model is verified once: its packed
+        per-token log-probs on the first batch must equal the plain ones (see `packing.mismatch_reason`)."""
+        self.packing_fallback_reason = None
+        if not (self.args.prefix_sharing or self.args.padding_free):
+            return None
+        reason = "the forward needs extra outputs (MoE router logits)" if extra_kwargs else None
+        reason = reason or self._packing_checked.get(id(model), packing.unsupported_reason(model))
+        layout = None
+        if reason is None:
+            layout = self._layout_for(inputs)
+            if isinstance(layout, str):
+                reason, layout = layout, None
+        if reason is None and id(model) not in self._packing_checked:
+            reason = self._verify_packing(model, inputs, layout)
+            self._packing_checked[id(model)] = reason
+            if reason is None:
+                logger.info("packed forward verified for %s", type(model).__name__)
+        if reason is not None:
+            if (id(model), reason) not in self._packing_logged:
+                logger.warning("prefopt: using the plain (unpacked) forward for %s: %s", type(model).__name__, reason)
+                self._packing_logged.add((id(model), reason))
+            self.packing_fallback_reason = reason
+            return None
+        return layout
+
+    def _layout_for(self, inputs) -> packing.PackedLayout | str:
+        """The batch's packed layout (built once per batch, shared by the policy and reference passes), or why not."""
+        if self._packed_layout_cache is not None and self._packed_layout_cache[0] is inputs["input_ids"]:
+            return self._packed_layout_cache[1]
+        response_index = inputs.get("response_index")
+        if response_index is None:
+            return "the batch has no `response_index` (a collator other than prefopt's)"
+        try:
+            layout = packing.build_layout(
+                inputs["input_ids"].cpu(), inputs["attention_mask"].cpu(), inputs["completion_mask"].cpu(),
+                response_index.cpu(), prefix_sharing=self.args.prefix_sharing, padding_free=self.args.padding_free,
+                pad_token_id=getattr(self.data_collator, "pad_token_id", None) or 0,
+            )
+        except ValueError as error:
+            return f"the batch cannot be packed: {error}"
+        self._packed_layout_cache = (inputs["input_ids"], layout)
+        return layout
+
+    @staticmethod
+    def _verify_packing(model, inputs, layout) -> str | None:
+        was_training = model.training
+        model.eval()  # dropout would make the two passes differ
+        try:
+            with torch.no_grad():
+                packed = packing.packed_forward(model, layout).log_probs
+                plain = packing.plain_forward_logps(model, inputs)
+            return packing.mismatch_reason(packed, plain, inputs["completion_mask"])
+        except Exception as error:  # noqa: BLE001 - any failure of the packed pass means: use the plain one
+            return f"the packed forward failed ({type(error).__name__}: {error})"
+        finally:
+            model.train(was_training)
 
     def _reference_logps(self, inputs) -> torch.Tensor:
         """Sequence log-probs [N] under the reference: `ref_model`, or the policy with its adapter disabled."""
