@@ -267,16 +267,16 @@ def write_report(rows: list[dict], runs: list[dict], mode: str, info: dict, sett
     stem = output / f"throughput_{mode}"
     stem.with_suffix(".json").write_text(json.dumps({"settings": settings, "environment": info, "summary": rows,
                                                      "runs": runs}, indent=2))
-    lines = [f"Training throughput, mode `{mode}` (median step over {settings['repeats']} alternating rounds of "
+    lines = [f"Training throughput, mode `{mode}` (median step over up to {settings['repeats']} alternating rounds of "
              f"{settings['steps']} timed steps after {settings['warmup']} warm-up; LoRA r=16 all linear).", "",
-             "| precision | prompt/response | trainer | examples/step | s/step (range) | pairs/s | useful tok/s | "
+             "| precision | prompt/response | trainer | examples/step | rounds | s/step (range) | pairs/s | useful tok/s | "
              "vs TRL | peak GiB | mem vs TRL | K=4 / pair step | MFU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         def fmt(key, pattern="{:.2f}"):
             return pattern.format(r[key]) if r.get(key) is not None else ""
         lines.append(
-            f"| {r['precision']} | {r['prompt']}/{r['response']} | {r['trainer']} | {r['examples_per_step']} x K={r['responses']} | "
+            f"| {r['precision']} | {r['prompt']}/{r['response']} | {r['trainer']} | {r['examples_per_step']} x K={r['responses']} | {r['rounds']} | "
             f"{r['step_seconds']:.3f} ({r['step_seconds_range'][0]:.3f}-{r['step_seconds_range'][1]:.3f}) | "
             f"{r['examples_per_second']:.2f} | {r['useful_tokens_per_second']:.0f} | {fmt('pairs_per_second_vs_trl')}x | "
             f"{r['peak_memory_gib']:.2f} | {fmt('peak_memory_vs_trl')} | {fmt('k4_over_pair')} | {fmt('mfu', '{:.1%}')} |")
@@ -320,6 +320,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--steps", type=int, help="timed steps per run (default: the mode's)")
     parser.add_argument("--trainers", default=",".join(TRAINERS), help="comma-separated subset of " + ", ".join(TRAINERS))
     parser.add_argument("--output", default=str(OUTPUT))
+    parser.add_argument("--report-partial", action="store_true",
+                        help="write the report from the runs finished so far (throughput_<mode>.partial.json), "
+                        "for a measurement that was cut short; the report says how many rounds each figure has")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: measure one configuration
     args = parser.parse_args(argv)
     if args.job:
@@ -334,6 +337,13 @@ def main(argv=None) -> list[dict]:
     if unknown:
         parser.error(f"unknown trainers {sorted(unknown)}; choose from {list(TRAINERS)}")
     info = environment(mode)
+    if args.report_partial:
+        runs = json.loads((Path(args.output) / f"throughput_{mode}.partial.json").read_text())
+        info["note"] = "report written from a measurement cut short (see `rounds` per figure)"
+        settings["repeats"] = max(r["round"] for r in runs) + 1
+        rows = summarise(runs, mode, info.get("gpu"))
+        write_report(rows, runs, mode, info, settings, Path(args.output))
+        return rows
     started, runs = time.time(), []
     for round_index in range(settings["repeats"]):
         for precision in settings["precisions"]:

@@ -56,14 +56,17 @@ _LOGIT_SCALE_ATTRIBUTES = ("logit_scale", "output_multiplier", "lm_head_multipli
 class PackedLayout:
     """Packed rows of a batch and where each scored response token sits in them.
 
-    input_ids, position_ids [R, T]; attention_mask [R, 1, T, T] bool (True = may attend);
-    source_positions [M]: flat index (row * T + column) of the hidden state that predicts each scored token;
-    target_ids [M]: the scored tokens; plain_positions [M]: their flat index in the plain [N, L-1] shifted layout.
+    input_ids, position_ids [R, T]; group_ids [R, T]: the prompt group (a prompt and the responses sharing it)
+    of each token, unique negative values on padding; segment_ids [R, T]: 0 on prompt tokens, a distinct id
+    per response. source_positions [M]: flat index (row * T + column) of the hidden state that predicts each
+    scored token; target_ids [M]: the scored tokens; plain_positions [M]: their flat index in the plain
+    [N, L-1] shifted layout.
     """
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    group_ids: torch.Tensor
+    segment_ids: torch.Tensor
     source_positions: torch.Tensor
     target_ids: torch.Tensor
     plain_positions: torch.Tensor
@@ -73,6 +76,16 @@ class PackedLayout:
     def num_tokens(self) -> int:
         """Tokens the packed forward processes (padding included)."""
         return self.input_ids.numel()
+
+    def attention_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """[R, 1, T, T] bool, True = may attend: earlier tokens of the same prompt group that are the prompt
+        or the same response. Built on ``device`` from the [R, T] ids (cheap next to the forward)."""
+        groups, segments = self.group_ids.to(device), self.segment_ids.to(device)
+        width = groups.size(1)
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        same_group = groups[:, :, None] == groups[:, None, :]
+        visible = (segments[:, None, :] == 0) | (segments[:, :, None] == segments[:, None, :])
+        return (same_group & visible & causal).unsqueeze(1)
 
 
 def _split_row(input_ids, attention_mask, completion_mask, row: int) -> tuple[list[int], list[int]]:
@@ -120,43 +133,51 @@ def build_layout(
 
     lengths = [sum(len(p) + sum(len(r) for _, r in rs) for p, rs in groups) for groups in packed_rows]
     total_width = max(lengths + [1])
-    packed_ids = torch.full((len(packed_rows), total_width), pad_token_id, dtype=torch.long)
-    positions = torch.zeros_like(packed_ids)
-    # pad positions attend to themselves only, so no attention row is empty (an all-masked softmax is NaN)
-    mask = torch.eye(total_width, dtype=torch.bool).repeat(len(packed_rows), 1, 1)
+    shape = (len(packed_rows), total_width)
+    packed_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    # padding: a distinct negative group per column, so a pad token attends to itself only (no empty softmax row)
+    group_ids = -1 - torch.arange(total_width).repeat(len(packed_rows), 1)
+    segment_ids = torch.zeros(shape, dtype=torch.long)
     sources, targets, plain = [], [], []
+    group = segment = 0
     for packed_row, groups in enumerate(packed_rows):
         offset = 0
         for prompt, responses in groups:
+            group += 1
             prompt_start, prompt_length = offset, len(prompt)
             span = slice(offset, offset + prompt_length)
             packed_ids[packed_row, span] = torch.tensor(prompt, dtype=torch.long)
             positions[packed_row, span] = torch.arange(prompt_length)
-            mask[packed_row, span, span] = torch.ones(prompt_length, prompt_length, dtype=torch.bool).tril()
+            group_ids[packed_row, span] = group
             offset += prompt_length
             for row, response in responses:
+                segment += 1
                 length = len(response)
                 span = slice(offset, offset + length)
-                packed_ids[packed_row, span] = torch.tensor(response, dtype=torch.long)
+                response_ids = torch.tensor(response, dtype=torch.long)
+                packed_ids[packed_row, span] = response_ids
                 positions[packed_row, span] = torch.arange(prompt_length, prompt_length + length)
-                mask[packed_row, span, prompt_start : prompt_start + prompt_length] = True
-                mask[packed_row, span, span] = torch.ones(length, length, dtype=torch.bool).tril()
-                for j in range(length):
-                    column = prompt_length + j  # column of this token in the plain row
-                    if column == 0:
-                        continue  # the plain path never scores a row's first token (nothing predicts it)
-                    source = offset + j - 1 if j > 0 else prompt_start + prompt_length - 1
-                    sources.append(packed_row * total_width + source)
-                    targets.append(response[j])
-                    plain.append(row * (width - 1) + column - 1)
+                group_ids[packed_row, span] = group
+                segment_ids[packed_row, span] = segment
+                # the plain path scores response token j (column prompt_length + j) from the hidden state
+                # before it; a row's very first token has none and is never scored
+                j = torch.arange(1 if prompt_length == 0 else 0, length)
+                source = offset + j - 1
+                source[j == 0] = prompt_start + prompt_length - 1
+                sources.append(packed_row * total_width + source)
+                targets.append(response_ids[j])
+                plain.append(row * (width - 1) + prompt_length + j - 1)
                 offset += length
+    empty = torch.zeros(0, dtype=torch.long)
     return PackedLayout(
         input_ids=packed_ids,
         position_ids=positions,
-        attention_mask=mask.unsqueeze(1),
-        source_positions=torch.tensor(sources, dtype=torch.long),
-        target_ids=torch.tensor(targets, dtype=torch.long),
-        plain_positions=torch.tensor(plain, dtype=torch.long),
+        group_ids=group_ids,
+        segment_ids=segment_ids,
+        source_positions=torch.cat(sources) if sources else empty,
+        target_ids=torch.cat(targets) if targets else empty,
+        plain_positions=torch.cat(plain) if plain else empty,
         plain_shape=(num_rows, width - 1),
     )
 
@@ -200,7 +221,7 @@ def packed_forward(model, layout: PackedLayout, outputs: tuple[str, ...] = METRI
     hidden = causal_lm.base_model(
         input_ids=layout.input_ids.to(device),
         position_ids=layout.position_ids.to(device),
-        attention_mask=_additive_mask(layout.attention_mask.to(device), dtype),
+        attention_mask=_additive_mask(layout.attention_mask(device), dtype),
         use_cache=False,
     ).last_hidden_state
     scored = hidden.reshape(-1, hidden.size(-1))[layout.source_positions.to(device)]

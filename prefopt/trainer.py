@@ -59,6 +59,10 @@ _NON_MODEL_KEYS = ("completion_mask", "response_index", "ref_chosen_logps", "ref
 _ALWAYS_PROVIDED = ("policy", "reference", "lengths", "mask")
 
 
+def _drop_trl_padding_free_warning(record: logging.LogRecord) -> bool:
+    return "padding_free=True` is temporarily unavailable" not in record.getMessage()
+
+
 def _as_prefopt_config(args: DPOConfig) -> PrefOptConfig:
     """A PrefOptConfig with the same values as a plain `trl.DPOConfig` (its `loss_type` then picks the loss)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
@@ -146,27 +150,30 @@ class Trainer(DPOTrainer):
                 pad_to_multiple_of=args.pad_to_multiple_of,
             )
 
-        # TRL 1.16 refuses `padding_free` (disabled upstream, it warns and resets it); prefopt.packing provides it
-        padding_free, args.padding_free = args.padding_free, False
-        super().__init__(
-            model=model,
-            ref_model=ref_model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-        )
-        args.padding_free = padding_free
         self.packing_fallback_reason: str | None = None  # why the last forward used the plain layout, if it did
         self._packing_checked: dict[int, str | None] = {}  # id(model) -> None (packing verified) or the reason not
         self._packing_logged: set[tuple[int, str]] = set()  # fallbacks already logged
         self._packed_layout_cache: tuple[torch.Tensor, Any] | None = None  # (input_ids, layout) of the last batch
+        # TRL 1.16 logs that its own `padding_free` is disabled; prefopt.packing implements it, so drop that message
+        trl_logger = logging.getLogger("trl.trainer.dpo_trainer")
+        trl_logger.addFilter(_drop_trl_padding_free_warning)
+        try:
+            super().__init__(
+                model=model,
+                ref_model=ref_model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+            )
+        finally:
+            trl_logger.removeFilter(_drop_trl_padding_free_warning)
         if not needs_reference and (reference_copied or ref_model is None):
             self.ref_model = None  # reference-free loss: free the copy TRL prepared
         self._eval_prefix = "eval"

@@ -31,3 +31,23 @@ def test_noise_robustness_runs_and_reports(tmp_path, monkeypatch):
     assert report["environment"]["torch"]
     assert (tmp_path / "noise_robustness.md").read_text().startswith("Expected true reward")
     assert (tmp_path / "noise_robustness.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_throughput_smoke_runs_both_trainers_and_reports(tmp_path):
+    """The CI smoke mode: TRL and prefopt (pairs, and K=4 rankings) side by side on a tiny model."""
+    pytest.importorskip("matplotlib")
+    benchmark = load("throughput")
+    rows = benchmark.main(["--smoke", "--output", str(tmp_path), "--trainers", "trl,prefopt,prefopt_k4"])
+    by_trainer = {row["trainer"]: row for row in rows}
+    assert set(by_trainer) == {"trl", "prefopt", "prefopt_k4"}
+    assert by_trainer["trl"]["pairs_per_second_vs_trl"] == pytest.approx(1.0)
+    assert by_trainer["prefopt"]["pairs_per_second_vs_trl"] > 0
+    assert by_trainer["prefopt"]["packing_fallback"] is None  # the packed path really ran
+    assert by_trainer["prefopt_k4"]["k4_over_pair"] > 0
+    report = json.loads((tmp_path / "throughput_smoke.json").read_text())
+    assert report["environment"]["trl"] and report["environment"]["torch"]
+    assert all(run["peak_memory_gib"] > 0 for run in report["runs"])
+    assert (tmp_path / "throughput_smoke.md").read_text().startswith("Training throughput")
+    assert (tmp_path / "throughput_smoke.png").stat().st_size > 0
+    assert not (tmp_path / "throughput_smoke.partial.json").exists()
