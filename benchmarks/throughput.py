@@ -109,6 +109,7 @@ def make_dataset(rows: int, prompt_tokens: int, response_tokens: int, responses:
 
 
 def make_model(kind: str, precision: str, device: str):
+    """The model to train and its parameter count (before any 4-bit packing, which halves numel())."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
@@ -116,21 +117,25 @@ def make_model(kind: str, precision: str, device: str):
         import prefopt
 
         model, _ = prefopt.default_model(dtype=torch.float32)
-        return model
+        return model, sum(p.numel() for p in model.parameters())
     torch.manual_seed(0)
     config = LlamaConfig(**(LLAMA_1B if kind == "llama1b" else TINY), pad_token_id=0, eos_token_id=1, bos_token_id=1)
     dtype = torch.bfloat16 if precision != "float32" else torch.float32
     if precision != "qlora-4bit":
-        return LlamaForCausalLM(config).to(dtype=dtype, device=device)
+        model = LlamaForCausalLM(config).to(dtype=dtype, device=device)
+        return model, sum(p.numel() for p in model.parameters())
     from peft import prepare_model_for_kbit_training
 
     with tempfile.TemporaryDirectory() as folder:  # bitsandbytes quantises while loading a checkpoint
-        LlamaForCausalLM(config).to(dtype).save_pretrained(folder)
+        full = LlamaForCausalLM(config).to(dtype)
+        parameters = sum(p.numel() for p in full.parameters())
+        full.save_pretrained(folder)
+        del full
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                           bnb_4bit_compute_dtype=torch.bfloat16)
         model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization, dtype=dtype,
                                                      device_map={"": device})
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), parameters
 
 
 def measure(job: dict) -> dict:
@@ -143,7 +148,7 @@ def measure(job: dict) -> dict:
     from prefopt import PrefOptConfig, Trainer
 
     device = "cuda" if job["precision"] != "float32" and torch.cuda.is_available() else "cpu"
-    model = make_model(job["model"], job["precision"], device)
+    model, parameters = make_model(job["model"], job["precision"], device)
     vocab_size = model.config.vocab_size
     tokenizer = make_tokenizer(vocab_size)
     options = dict(TRAINERS[job["trainer"]])
@@ -183,7 +188,7 @@ def measure(job: dict) -> dict:
     timed = timer.times[job["warmup"]:]
     result = {**job, "device": device, "step_seconds": timed, "median_step_seconds": statistics.median(timed),
               "responses": responses,
-              "parameters": sum(p.numel() for p in model.parameters()),
+              "parameters": parameters,
               "packing_fallback": getattr(trainer, "packing_fallback_reason", None)}
     if device == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -278,7 +283,7 @@ def write_report(rows: list[dict], runs: list[dict], mode: str, info: dict, sett
         lines.append(
             f"| {r['precision']} | {r['prompt']}/{r['response']} | {r['trainer']} | {r['examples_per_step']} x K={r['responses']} | {r['rounds']} | "
             f"{r['step_seconds']:.3f} ({r['step_seconds_range'][0]:.3f}-{r['step_seconds_range'][1]:.3f}) | "
-            f"{r['examples_per_second']:.2f} | {r['useful_tokens_per_second']:.0f} | {fmt('pairs_per_second_vs_trl')}x | "
+            f"{r['examples_per_second']:.3g} | {r['useful_tokens_per_second']:.3g} | {fmt('pairs_per_second_vs_trl')}x | "
             f"{r['peak_memory_gib']:.2f} | {fmt('peak_memory_vs_trl')} | {fmt('k4_over_pair')} | {fmt('mfu', '{:.1%}')} |")
     fallbacks = {r["trainer"]: r["packing_fallback"] for r in rows if r.get("packing_fallback")}
     if fallbacks:
@@ -340,7 +345,7 @@ def main(argv=None) -> list[dict]:
     if args.report_partial:
         runs = json.loads((Path(args.output) / f"throughput_{mode}.partial.json").read_text())
         info["note"] = "report written from a measurement cut short (see `rounds` per figure)"
-        settings["repeats"] = max(r["round"] for r in runs) + 1
+        settings.update(repeats=max(r["round"] for r in runs) + 1, steps=runs[0]["steps"], warmup=runs[0]["warmup"])
         rows = summarise(runs, mode, info.get("gpu"))
         write_report(rows, runs, mode, info, settings, Path(args.output))
         return rows
