@@ -153,7 +153,7 @@ class Trainer(DPOTrainer):
         self.packing_fallback_reason: str | None = None  # why the last forward used the plain layout, if it did
         self._packing_checked: dict[int, str | None] = {}  # id(model) -> None (packing verified) or the reason not
         self._packing_logged: set[tuple[int, str]] = set()  # fallbacks already logged
-        self._packed_layout_cache: tuple[torch.Tensor, Any] | None = None  # (input_ids, layout) of the last batch
+        self._packed_layout_cache: tuple | None = None  # (input_ids, switches, layout) of the last batch
         # TRL 1.16 logs that its own `padding_free` is disabled; prefopt.packing implements it, so drop that message
         trl_logger = logging.getLogger("trl.trainer.dpo_trainer")
         trl_logger.addFilter(_drop_trl_padding_free_warning)
@@ -305,8 +305,10 @@ class Trainer(DPOTrainer):
 
     def _layout_for(self, inputs) -> packing.PackedLayout | str:
         """The batch's packed layout (built once per batch, shared by the policy and reference passes), or why not."""
-        if self._packed_layout_cache is not None and self._packed_layout_cache[0] is inputs["input_ids"]:
-            return self._packed_layout_cache[1]
+        switches = (self.args.prefix_sharing, self.args.padding_free)
+        cached = self._packed_layout_cache
+        if cached is not None and cached[0] is inputs["input_ids"] and cached[1] == switches:
+            return cached[2]
         response_index = inputs.get("response_index")
         if response_index is None:
             return "the batch has no `response_index` (a collator other than prefopt's)"
@@ -318,7 +320,7 @@ class Trainer(DPOTrainer):
             )
         except ValueError as error:
             return f"the batch cannot be packed: {error}"
-        self._packed_layout_cache = (inputs["input_ids"], layout)
+        self._packed_layout_cache = (inputs["input_ids"], switches, layout)
         return layout
 
     @staticmethod
