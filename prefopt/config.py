@@ -82,6 +82,9 @@ class PrefOptConfig(DPOConfig):
             config (`loss` unset, `loss_type` chosen) keeps TRL's default 0.1.
         ref_logps_cache_dir: where `precompute_ref_log_probs=True` stores reference log-probs, keyed by a fingerprint
             of the reference weights, the tokenised data and the truncation settings.
+        prefix_sharing: encode each prompt once for all its responses (packed row, block mask); default on.
+        padding_free: pack the whole batch into one row without padding; default off (see the README's
+            performance section for the measurements behind both defaults).
     """
 
     loss: str | None = field(default=None, metadata={"help": _loss_help()})
@@ -107,6 +110,25 @@ class PrefOptConfig(DPOConfig):
             "help": "Directory for reference log-probs precomputed with `precompute_ref_log_probs=True`, reused by "
             "any later run (any loss) on the same reference weights, tokenised data and truncation settings. "
             "Default: $PREFOPT_CACHE/ref_logps or ~/.cache/prefopt/ref_logps."
+        },
+    )
+
+    prefix_sharing: bool = field(
+        default=True,
+        metadata={
+            "help": "Encode each prompt once for all its responses (2 per pair, K per ranking): one packed row "
+            "[prompt, response_1, ..., response_K] whose mask lets every response see its prompt but not its "
+            "siblings, with position ids restarting per response. Same log-probs as the plain layout up to rounding; "
+            "the policy and the reference passes both use it. Needs an eager or sdpa attention implementation; "
+            "otherwise the trainer logs why and uses the plain layout. Set False for TRL's layout."
+        },
+    )
+    padding_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack all examples of a batch into one row without padding (position ids restarting, a "
+            "block mask keeping examples apart) instead of one row per example padded to the longest. Works with "
+            "or without `prefix_sharing`. (TRL 1.16 disables its own padding_free; prefopt implements it.)"
         },
     )
 

@@ -35,7 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import create_model_from_path, get_config_model_id, use_adapter
 
-from prefopt import reference_cache
+from prefopt import packing, reference_cache
 from prefopt._oom import advise_on_out_of_memory
 from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpointing_warnings_ignored
 from prefopt._trainer_data import PreferenceCollator, is_kwise_example, tokenize_kwise
@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 # Where running loss state (callbacks' `state_dict()`) is stored inside each checkpoint folder.
 LOSS_STATE_FILE = "prefopt_loss_state.pt"
+
+
+def _drop_trl_padding_free_warning(record: logging.LogRecord) -> bool:
+    return "padding_free=True` is temporarily unavailable" not in record.getMessage()
 
 
 def _as_prefopt_config(args: DPOConfig) -> PrefOptConfig:
@@ -146,20 +150,30 @@ class Trainer(DPOTrainer):
                 providers=self._batch_providers(),
             )
 
-        super().__init__(
-            model=model,
-            ref_model=ref_model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-        )
+        self.packing_fallback_reason: str | None = None  # why the last forward used the plain layout, if it did
+        self._packing_checked: dict[int, str | None] = {}  # id(model) -> None (packing verified) or the reason not
+        self._packing_logged: set[tuple[int, str]] = set()  # fallbacks already logged
+        self._packed_layout_cache: tuple | None = None  # (input_ids, switches, layout) of the last batch
+        # TRL 1.16 logs that its own `padding_free` is disabled; prefopt.packing implements it, so drop that message
+        trl_logger = logging.getLogger("trl.trainer.dpo_trainer")
+        trl_logger.addFilter(_drop_trl_padding_free_warning)
+        try:
+            super().__init__(
+                model=model,
+                ref_model=ref_model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+            )
+        finally:
+            trl_logger.removeFilter(_drop_trl_padding_free_warning)
         if not needs_reference and (reference_copied or ref_model is None):
             self.ref_model = None  # reference-free loss: free the copy TRL prepared
         self._eval_prefix = "eval"
@@ -260,10 +274,19 @@ class Trainer(DPOTrainer):
     # ------------------------------------------------------------------------------------ log-probs
 
     def response_logps(self, model, inputs, **model_kwargs) -> SequenceLogProbs:
-        """Sequence log-probs [N] of every row of ``inputs`` under ``model`` through `prefopt.logprobs` (TRL's fused
-        head), with TRL's `ld_alpha` (length-desensitised log-probs) applied when it is set."""
-        per_token, outputs = token_logps(model, inputs, fused_lm_head=True, **model_kwargs)
+        """Sequence log-probs [N] of every row of ``inputs`` under ``model``, for the policy and the reference alike.
+
+        The packed layout (`prefopt.packing`: each prompt encoded once for its responses, optionally without
+        padding) when it serves this model and batch, else `prefopt.logprobs.token_logps` (TRL's fused head);
+        then TRL's `ld_alpha` (length-desensitised log-probs) when it is set."""
         shifted_mask = inputs["completion_mask"][..., 1:]
+        layout = self._packed_layout(model, inputs, model_kwargs)
+        if layout is not None:
+            wanted = packing.METRIC_OUTPUTS + (("log_sum_sq_probs",) if self.args.use_weighting else ())
+            outputs = packing.packed_forward(model, layout, outputs=wanted)
+            per_token = outputs.log_probs[:, -shifted_mask.size(1) :]
+        else:
+            per_token, outputs = token_logps(model, inputs, fused_lm_head=True, **model_kwargs)
         if self.args.ld_alpha is None:
             logps = per_token.sum(dim=1)
         else:
@@ -285,6 +308,67 @@ class Trainer(DPOTrainer):
         seq_len = shifted_mask.size(1)
         weights = wpo_weights(outputs.log_probs[:, -seq_len:], outputs.log_sum_sq_probs[:, -seq_len:], shifted_mask)
         return as_matrix(weights, response_index).masked_fill(response_index < 0, 1.0)
+
+    def _packed_layout(self, model, inputs, extra_kwargs) -> packing.PackedLayout | None:
+        """The packed layout of ``inputs`` for ``model``, or None (reason in `packing_fallback_reason`) when
+        packing is switched off or cannot serve this model or batch. A model is verified once: its packed
+        per-token log-probs on the first batch must equal the plain ones (see `packing.mismatch_reason`)."""
+        self.packing_fallback_reason = None
+        if not (self.args.prefix_sharing or self.args.padding_free):
+            return None
+        reason = "the forward needs extra outputs (MoE router logits)" if extra_kwargs else None
+        reason = reason or self._packing_checked.get(id(model), packing.unsupported_reason(model))
+        layout = None
+        if reason is None:
+            layout = self._layout_for(inputs)
+            if isinstance(layout, str):
+                reason, layout = layout, None
+        if reason is None and id(model) not in self._packing_checked:
+            reason = self._verify_packing(model, inputs, layout)
+            self._packing_checked[id(model)] = reason
+            if reason is None:
+                logger.info("packed forward verified for %s", type(model).__name__)
+        if reason is not None:
+            if (id(model), reason) not in self._packing_logged:
+                logger.warning("prefopt: using the plain (unpacked) forward for %s: %s", type(model).__name__, reason)
+                self._packing_logged.add((id(model), reason))
+            self.packing_fallback_reason = reason
+            return None
+        return layout
+
+    def _layout_for(self, inputs) -> packing.PackedLayout | str:
+        """The batch's packed layout (built once per batch, shared by the policy and reference passes), or why not."""
+        switches = (self.args.prefix_sharing, self.args.padding_free)
+        cached = self._packed_layout_cache
+        if cached is not None and cached[0] is inputs["input_ids"] and cached[1] == switches:
+            return cached[2]
+        response_index = inputs.get("response_index")
+        if response_index is None:
+            return "the batch has no `response_index` (a collator other than prefopt's)"
+        try:
+            layout = packing.build_layout(
+                inputs["input_ids"].cpu(), inputs["attention_mask"].cpu(), inputs["completion_mask"].cpu(),
+                response_index.cpu(), prefix_sharing=self.args.prefix_sharing, padding_free=self.args.padding_free,
+                pad_token_id=getattr(self.data_collator, "pad_token_id", None) or 0,
+            )
+        except ValueError as error:
+            return f"the batch cannot be packed: {error}"
+        self._packed_layout_cache = (inputs["input_ids"], switches, layout)
+        return layout
+
+    @staticmethod
+    def _verify_packing(model, inputs, layout) -> str | None:
+        was_training = model.training
+        model.eval()  # dropout would make the two passes differ
+        try:
+            with torch.no_grad():
+                packed = packing.packed_forward(model, layout).log_probs
+                plain, _ = token_logps(model, inputs, fused_lm_head=True)
+            return packing.mismatch_reason(packed, plain, inputs["completion_mask"])
+        except Exception as error:  # noqa: BLE001 - any failure of the packed pass means: use the plain one
+            return f"the packed forward failed ({type(error).__name__}: {error})"
+        finally:
+            model.train(was_training)
 
     def reference_logps(self, inputs) -> torch.Tensor:
         """Sequence log-probs [N] under the reference: `ref_model`, or the policy with its adapter disabled."""

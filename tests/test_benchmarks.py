@@ -37,7 +37,7 @@ def run_smoke(script, tmp_path, monkeypatch):
 
 # Studies sharing benchmarks/_reporting.py's result layout (seeds, intervals); the others have their own test below.
 STUDIES = ["kwise_efficiency", "noise_robustness", "rpo_overoptimisation"]
-OWN_SMOKE_TESTS = ["large_source_memory"]
+OWN_SMOKE_TESTS = ["large_source_memory", "throughput"]
 
 
 def test_every_script_is_covered():
@@ -138,18 +138,21 @@ def test_large_source_memory_smoke_runs_and_reports(tmp_path, monkeypatch):
     assert report["smoke"] is True and report["environment"]["pyarrow"]
     assert (tmp_path / "large_source_memory.md").read_text().startswith("Peak memory of load_preferences")
     assert (tmp_path / "large_source_memory.png").stat().st_size > 0
-def readme_section():
-    match = re.search(r"<!-- benchmarks:start -->(.*?)<!-- benchmarks:end -->", (ROOT / "README.md").read_text(), flags=re.DOTALL)
-    assert match, "README has no benchmarks section"
+def readme_section(name="benchmarks"):
+    match = re.search(rf"<!-- {name}:start -->(.*?)<!-- {name}:end -->", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+    assert match, f"README has no {name} section"
     return match.group(1)
 
 
 def test_readme_documents_every_script_and_links_committed_results():
-    text = readme_section()
+    """Each script is run in the benchmarks or performance section, and its results (one file per mode, named
+    after the script, e.g. throughput_cpu.json) are committed."""
+    text = readme_section() + readme_section("performance")
     assert set(re.findall(r"python benchmarks/(\w+)\.py", text)) == set(SCRIPTS)
+    committed = [path.name for path in (BENCHMARKS / "results").iterdir()]
     for script in SCRIPTS:
         for suffix in ("json", "md", "png"):
-            assert (BENCHMARKS / "results" / f"{script}.{suffix}").is_file(), f"commit the results of {script}"
+            assert any(re.fullmatch(rf"{script}(_\w+)?\.{suffix}", name) for name in committed), f"commit the {suffix} results of {script}"
     for link in re.findall(r"\]\((benchmarks/results/[^)]+)\)", text):
         assert (ROOT / link).is_file(), link
 
@@ -161,3 +164,23 @@ def test_readme_tables_are_copied_from_the_committed_results():
     assert rows
     stale = [row for row in rows if row not in results]
     assert not stale, f"README rows not in benchmarks/results/*.md (re-run the script and copy its table): {stale}"
+
+
+@pytest.mark.slow
+def test_throughput_smoke_runs_both_trainers_and_reports(tmp_path, monkeypatch):
+    """The CI smoke mode: TRL and prefopt (pairs, and K=4 rankings) side by side on a tiny model."""
+    pytest.importorskip("matplotlib")
+    benchmark = load("throughput", monkeypatch)
+    rows = benchmark.main(["--smoke", "--output", str(tmp_path), "--trainers", "trl,prefopt,prefopt_k4"])
+    by_trainer = {row["trainer"]: row for row in rows}
+    assert set(by_trainer) == {"trl", "prefopt", "prefopt_k4"}
+    assert by_trainer["trl"]["pairs_per_second_vs_trl"] == pytest.approx(1.0)
+    assert by_trainer["prefopt"]["pairs_per_second_vs_trl"] > 0
+    assert by_trainer["prefopt"]["packing_fallback"] is None  # the packed path really ran
+    assert by_trainer["prefopt_k4"]["k4_over_pair"] > 0
+    report = json.loads((tmp_path / "throughput_smoke.json").read_text())
+    assert report["environment"]["trl"] and report["environment"]["torch"]
+    assert all(run["peak_memory_gib"] > 0 for run in report["runs"])
+    assert (tmp_path / "throughput_smoke.md").read_text().startswith("Training throughput")
+    assert (tmp_path / "throughput_smoke.png").stat().st_size > 0
+    assert not (tmp_path / "throughput_smoke.partial.json").exists()

@@ -67,3 +67,18 @@ def test_ci_runs_the_readme_test_command():
     extractor = re.search(r"command=\$\((awk .*?README\.md)\)", script).group(1)
     extracted = subprocess.run(["bash", "-c", extractor], cwd=ROOT, capture_output=True, text=True, check=True)
     assert extracted.stdout.strip() == readme_command("test-command")
+
+
+def test_performance_section_example_runs_and_names_the_real_switches():
+    """The performance section's example runs, and every switch it names is a PrefOptConfig field."""
+    import dataclasses
+
+    from prefopt import PrefOptConfig
+
+    text = section("performance")
+    for block in python_blocks(text):
+        exec(compile(block, "README.md", "exec"), {})
+    fields = {f.name for f in dataclasses.fields(PrefOptConfig)}
+    for switch in ("prefix_sharing", "padding_free"):
+        assert f"`{switch}`" in text and switch in fields
+    assert "benchmarks/throughput.py" in text
