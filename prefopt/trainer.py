@@ -365,7 +365,9 @@ class Trainer(DPOTrainer):
                 packed = packing.packed_forward(model, layout).log_probs
                 plain, _ = token_logps(model, inputs, fused_lm_head=True)
             return packing.mismatch_reason(packed, plain, inputs["completion_mask"])
-        except Exception as error:  # noqa: BLE001 - any failure of the packed pass means: use the plain one
+        except torch.OutOfMemoryError:
+            raise  # not a property of the layout: the plain pass would run out too (training_step adds advice)
+        except Exception as error:  # noqa: BLE001 - any other failure of the packed pass means: use the plain one
             return f"the packed forward failed ({type(error).__name__}: {error})"
         finally:
             model.train(was_training)

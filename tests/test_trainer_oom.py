@@ -14,7 +14,8 @@ def _trainer_whose_forward_runs_out_of_memory(tmp_path, **overrides):
     def forward(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    trainer.model.forward = forward
+    # the transformer body, which both the plain forward and the packed one (prefix sharing) run
+    trainer.model.model.forward = forward
     return trainer
 
 
@@ -48,6 +49,6 @@ def test_other_errors_pass_through_unchanged(tmp_path):
     def forward(*args, **kwargs):
         raise RuntimeError("shape mismatch")
 
-    trainer.model.forward = forward
+    trainer.model.model.forward = forward
     with pytest.raises(RuntimeError, match="^shape mismatch$"):
         trainer.train()
