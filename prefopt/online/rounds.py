@@ -9,8 +9,8 @@ Each round t (pi_1 = the model given, which is also the reference pi_ref):
 
 1. **sample** K responses per prompt from pi_t (`prefopt.online.generate`, temperature 1.0 by default);
 2. **rank** them with the preference oracle (a ``reward`` becomes a Bradley-Terry oracle): ``knockout``
-   (a single-elimination tournament picks the best; the first-round losers play a tournament whose
-   loser advances, which picks the worst) or ``best_worst`` (argmax / argmin of the reward, or of the
+   (a single-elimination tournament picks the best; a tournament whose loser advances, sharing the first
+   round, picks the worst) or ``best_worst`` (argmax / argmin of the reward, or of the
    mean win probability against the other samples when the oracle has no reward). A prompt whose best
    and worst are tied under the oracle gives no pair (counted in the round's metrics, never trained);
 3. **fields**: one pair (best, worst) per prompt; reference log-probs (and, for a loss that requires
@@ -153,14 +153,19 @@ def knockout_best_worst(oracle, prompts: Sequence, samples: Sequence[Sequence]) 
     """(best, worst) sample index per prompt by knockout tournaments under ``oracle(prompts, first, second)``.
 
     The best is the champion of a single-elimination tournament (entrants in sample order, adjacent pairs
-    meet). The worst is the last one left in a tournament of the first round's losers in which the loser of
-    each match advances (with K = 2, the first match's loser). K - 1 + about K/2 - 1 oracle calls per prompt.
+    meet). The worst is the last one left in a tournament in which the loser of each match advances; it shares
+    the first round (its entrants are the first round's losers and the entrant with a bye). About 1.5 K oracle
+    comparisons per prompt, batched over prompts: one oracle call per bracket level.
     """
     first_round = [list(range(len(responses))) for responses in samples]
     if any(len(bracket) < 2 for bracket in first_round):
         raise ValueError("knockout ranking needs at least 2 samples per prompt")
     winners = _play(oracle, prompts, samples, first_round, keep_winner=True)
-    losers = [[i for i in bracket if i not in set(won)] for bracket, won in zip(first_round, winners)]
+    # the loser bracket shares the first round: its losers, plus the entrant with a bye (who has lost nothing yet)
+    losers = [
+        [i for i in bracket if i not in set(won)] + ([bracket[-1]] if len(bracket) % 2 else [])
+        for bracket, won in zip(first_round, winners)
+    ]
     while any(len(bracket) > 1 for bracket in winners):
         winners = _play(oracle, prompts, samples, winners, keep_winner=True)
     while any(len(bracket) > 1 for bracket in losers):
@@ -551,23 +556,8 @@ def train_online(
 
         round_args = _round_args(args, folder)
         round_args.loss, round_args.loss_kwargs = loss, loss_kwargs or None
-        scorers = {"reference": _reference_scorer(model, reference_model)}
-        if "previous" in spec.required_fields:
-            scorers["previous"] = lambda batch: sequence_logps(model, batch).logps
-        providers: list[FieldProvider] = []
-        if needs_calibration:  # bound first: the precomputation below collates its samples
-            calibration = CalibrationPolicyField()
-            scorers["calibration_reference"] = lambda batch: _reference_scorer(model, reference_model)(calibration.sample_batch(batch))
-            providers.append(calibration)
-        providers.append(RoundStartLogps(scorers, per_example=("calibration_reference",), batch_size=round_args.per_device_train_batch_size))
-        had_reference_adapter = uses_peft and "ref" in model.peft_config
-        trainer = _round_trainer_class()(
-            model, ref_model=reference_model, args=round_args, train_dataset=rows, processing_class=tokenizer,
-            callbacks=list(callbacks or ()), field_providers=providers,
-        )
-        if uses_peft and not had_reference_adapter and "ref" in model.peft_config:
-            # TRL copies an existing adapter as the reference ("ref" = pi_t); the loop's reference is pi_ref, the base
-            model.delete_adapter("ref")
+        trainer = round_trainer(model, tokenizer, rows, round_args, reference_model=reference_model,
+                                calibration=needs_calibration, callbacks=callbacks)
         trainer.train(resume_from_checkpoint=_latest_checkpoint(folder))
 
         metrics = {"round": round_number, **round_info, "train_loss": trainer.state.log_history[-1].get("train_loss", float("nan"))}
@@ -579,6 +569,38 @@ def train_online(
         _atomic_json(state_path, state)
         logger.info("round %d: %s", round_number, metrics)
     return OnlineResult(model=model, history=state["history"], output_dir=str(output_dir))
+
+
+def round_trainer(model, tokenizer, rows: Dataset, args, *, reference_model=None, calibration: bool = False, callbacks=None):
+    """The `prefopt.Trainer` of one round: trains ``model`` (pi_t) on ``rows`` with ``args``' loss, its reference
+    log-probs (pi_ref: ``reference_model``, else the adapter-disabled PEFT base) and, when the loss requires
+    ``previous``, log pi_t precomputed before the first step; with ``calibration``, the rows' ``calibration``
+    samples feed ``calibration_policy`` (every step) and ``calibration_reference`` (precomputed)."""
+    from accelerate.utils import is_peft_model
+
+    from prefopt.losses import combine_losses
+
+    required = combine_losses(args.loss_components()).required_fields
+    scorers = {"reference": _reference_scorer(model, reference_model)}
+    if "previous" in required:
+        scorers["previous"] = lambda batch: sequence_logps(model, batch).logps
+    providers: list[FieldProvider] = []
+    if calibration:  # bound first: the precomputation below collates its samples
+        calibration_field = CalibrationPolicyField()
+        reference_scorer = _reference_scorer(model, reference_model)
+        scorers["calibration_reference"] = lambda batch: reference_scorer(calibration_field.sample_batch(batch))
+        providers.append(calibration_field)
+    providers.append(RoundStartLogps(scorers, per_example=("calibration_reference",), batch_size=args.per_device_train_batch_size))
+    uses_peft = is_peft_model(model)
+    had_reference_adapter = uses_peft and "ref" in model.peft_config
+    trainer = _round_trainer_class()(
+        model, ref_model=reference_model, args=args, train_dataset=rows, processing_class=tokenizer,
+        callbacks=list(callbacks or ()), field_providers=providers,
+    )
+    if uses_peft and not had_reference_adapter and "ref" in model.peft_config:
+        # TRL makes a copy of an existing adapter the reference ("ref" = pi_t); the loop's reference is pi_ref, the base
+        model.delete_adapter("ref")
+    return trainer
 
 
 def _reference_scorer(model, reference_model) -> Callable[[dict], torch.Tensor]:
