@@ -496,7 +496,12 @@ def train_online(
     if samples_per_prompt is not None:
         config.samples_per_prompt = samples_per_prompt
     config.__post_init__()
-    prompts, eval_prompts = list(prompts), list(eval_prompts) if eval_prompts is not None else list(prompts)
+    from prefopt.online import as_conversation
+
+    # every prompt as the policy sees it when sampling (text -> a user message under a chat template), so the
+    # trainer, the scorers and the sampler all read the same context
+    prompts = [as_conversation(tokenizer, prompt) for prompt in prompts]
+    eval_prompts = prompts if eval_prompts is None else [as_conversation(tokenizer, prompt) for prompt in eval_prompts]
     if not prompts:
         raise ValueError("train_online needs at least one prompt")
     spec = get_loss(loss)
