@@ -210,3 +210,109 @@ def test_online_vpo_calibration_fields(tmp_path):
     assert fields["calibration_policy"].requires_grad
     torch.testing.assert_close(fields["calibration_policy"].detach(), _scores(policy, rows, "calibration"), atol=1e-4, rtol=1e-4)
     trainer.train()  # the online-mode loss trains on these fields
+
+
+# ------------------------------------------------------------------------------------ training rounds
+
+WORDS_PROMPTS = ["say", "tell", "please say", "say please", "tell please", "please", "say say", "tell say"]
+
+
+def good_share(prompt, response) -> float:
+    """The true reward: the share of "good" among the response's words."""
+    words = response.split()
+    return words.count("good") / max(1, len(words))
+
+
+def _run(tmp_path, loss, *, rounds=2, folder="run", callbacks=None, save_steps=None, ranking="knockout", **loss_kwargs):
+    from prefopt.rewards import FunctionReward
+
+    extra = {"save_strategy": "steps", "save_steps": save_steps} if save_steps else {}
+    args = PrefOptConfig(
+        loss=loss, loss_kwargs=loss_kwargs or None,
+        **config_kwargs(tmp_path / folder, max_steps=-1, num_train_epochs=3, learning_rate=5e-3, **extra),
+    )
+    config = OnlineConfig(output_dir=str(tmp_path / folder / "online"), max_new_tokens=6, eval_samples_per_prompt=8,
+                          ranking=ranking, seed=0)
+    return train_online(make_model(), make_tokenizer(), WORDS_PROMPTS, loss=loss, reward=FunctionReward(good_share),
+                        args=args, rounds=rounds, samples_per_prompt=6, config=config, callbacks=callbacks)
+
+
+@pytest.fixture(scope="module")
+def inpo_run(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("inpo"), "inpo")
+
+
+def _assert_each_round_raises_the_reward(history, margin=0.03):
+    """history[0]["reward/samples"] is the mean true reward of round 1's samples, i.e. of pi_0 (48 samples);
+    "reward/mean" is that of pi_{t+1}'s evaluation samples (64)."""
+    initial = history[0]["reward/samples"]
+    for entry in history:
+        assert entry["reward/mean"] > initial + margin, (initial, [h["reward/mean"] for h in history])
+        assert entry["win_rate/reference"] > 0.5
+
+
+@pytest.mark.slow
+def test_two_inpo_rounds_raise_the_reward(inpo_run):
+    history = inpo_run.history
+    assert [entry["round"] for entry in history] == [1, 2]
+    _assert_each_round_raises_the_reward(history)
+    for entry in history:
+        assert entry["win_rate/previous_low"] <= entry["win_rate/previous"] <= entry["win_rate/previous_high"]
+        assert entry["pairs"] + entry["skipped_ties"] == len(WORDS_PROMPTS)
+        assert entry["kl/reference"] == entry["kl/reference"]  # finite, reported
+
+
+@pytest.mark.slow
+def test_two_online_vpo_rounds_raise_the_reward(tmp_path):
+    result = _run(tmp_path, "vpo")
+    _assert_each_round_raises_the_reward(result.history)
+    data = json.loads((tmp_path / "run" / "online" / "round-1" / "round_data.json").read_text())
+    assert all("calibration" in row for row in data["rows"])  # y_cal ~ pi_ref drawn for every trained prompt
+
+
+@pytest.mark.slow
+def test_two_iterative_dpo_rounds_raise_the_reward(tmp_path):
+    result = _run(tmp_path, "dpo", ranking="best_worst")
+    _assert_each_round_raises_the_reward(result.history)
+
+
+def _same_parameters(first, second):
+    for (name, a), (_, b) in zip(first.named_parameters(), second.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_between_rounds_equals_the_uninterrupted_run(tmp_path, inpo_run):
+    _run(tmp_path, "inpo", rounds=1)
+    state = json.loads((tmp_path / "run" / "online" / STATE_FILE).read_text())
+    assert state["rounds_done"] == 1
+    resumed = _run(tmp_path, "inpo", rounds=2)  # a fresh pi_0: round 1 is loaded from its snapshot, not redone
+    assert resumed.history == inpo_run.history
+    _same_parameters(resumed.model, inpo_run.model)
+
+
+class Kill(TrainerCallback):
+    """Stops the process (an exception) after ``after_steps`` optimizer steps in all, counted across rounds."""
+
+    def __init__(self, after_steps):
+        self.after_steps, self.steps = after_steps, 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+        if self.steps == self.after_steps:
+            raise KeyboardInterrupt("killed")
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_inside_a_round_equals_the_uninterrupted_run(tmp_path, inpo_run):
+    """Round 1 trains 4 pairs (1 batch) for 3 epochs = 3 steps, round 2 6 pairs (2 batches) = 6 steps. The kill
+    comes at step 7 in all, round 2's 4th step, before its checkpoint-4 is written: round 2 resumes from its
+    checkpoint-2 with its saved pairs, round 1 is not redone."""
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "inpo", callbacks=[Kill(after_steps=7)], save_steps=2)
+    online = tmp_path / "run" / "online"
+    assert json.loads((online / STATE_FILE).read_text())["rounds_done"] == 1
+    assert (online / "round-2" / "checkpoint-2").is_dir() and not (online / "round-2" / "checkpoint-4").exists()
+    resumed = _run(tmp_path, "inpo", save_steps=2)
+    assert resumed.history == inpo_run.history
+    _same_parameters(resumed.model, inpo_run.model)

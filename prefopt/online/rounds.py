@@ -565,7 +565,9 @@ def train_online(
                                 calibration=needs_calibration, callbacks=callbacks)
         trainer.train(resume_from_checkpoint=_latest_checkpoint(folder))
 
-        metrics = {"round": round_number, **round_info, "train_loss": trainer.state.log_history[-1].get("train_loss", float("nan"))}
+        # the mean of the logged step losses: a resumed round restores its log history, so this equals the uninterrupted one's
+        logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        metrics = {"round": round_number, **round_info, "train_loss": sum(logged) / len(logged) if logged else float("nan")}
         metrics.update(_round_metrics(model, tokenizer, eval_prompts, oracle, reward, config, round_seed, reference_model,
                                       previous_samples, reference_samples))
         trainer.log({f"online/{key}": value for key, value in metrics.items()})
