@@ -4,6 +4,7 @@
     prefopt train --config run.yaml [--flag value ...]   train (TRL style: YAML values, flags override)
     prefopt main [--loss dpo] [--output-dir outputs/main]  the main job (see prefopt.main_job)
     prefopt annotate --prompts arithmetic --output pairs.jsonl [--reward task|cdr ...]   sample, score, pair (JSONL)
+    prefopt online --config run.yaml [--flag value ...]   rounds of sample -> rank -> train (INPO, online VPO, iterative DPO)
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ def losses_table() -> str:
 
 
 @dataclass
-class ScriptArguments:
-    """Model and data options of ``prefopt train``; the training options are `prefopt.PrefOptConfig`'s."""
+class ModelArguments:
+    """The model options of ``prefopt train`` and ``prefopt online``."""
 
     model_name_or_path: str = field(
         default="default",
@@ -43,6 +44,12 @@ class ScriptArguments:
     lora_target_modules: str = field(
         default="all-linear", metadata={"help": "Comma-separated module names, or 'all-linear'."}
     )
+
+
+@dataclass
+class ScriptArguments(ModelArguments):
+    """Model and data options of ``prefopt train``; the training options are `prefopt.PrefOptConfig`'s."""
+
     dataset: str = field(
         default="arithmetic",
         metadata={"help": "A bundled task name (prefopt.data.list_tasks()) or a local .json/.jsonl/.csv/.parquet file."},
@@ -77,15 +84,23 @@ def _cuda_available() -> bool:
 
 def parse_train_arguments(argv: Sequence[str]):
     """``(ScriptArguments, PrefOptConfig)`` from ``--config file.yaml`` and flags (flags win)."""
+    script_args, training_args = parse_config_and_flags(_parser(), argv)
+    if training_args.output_dir is None:
+        training_args.output_dir = "outputs/train"
+    return script_args, training_args
+
+
+def parse_config_and_flags(parser, argv: Sequence[str]) -> tuple:
+    """The dataclasses of an `HfArgumentParser` from ``--config file.yaml`` and flags (flags win); on a CPU-only
+    machine bf16 is off and use_cpu on unless given."""
     argv = list(argv)
     config_path = None
     if "--config" in argv:
         position = argv.index("--config")
         if position + 1 >= len(argv):
-            raise SystemExit("prefopt train: --config needs a YAML file")
+            raise SystemExit(f"{parser.prog}: --config needs a YAML file")
         config_path = argv[position + 1]
         del argv[position : position + 2]
-    parser = _parser()
     if not _cuda_available():
         # TRL defaults to bf16 mixed precision, which TrainingArguments refuses on a CPU-only machine.
         parser.set_defaults(bf16=False, use_cpu=True)
@@ -97,16 +112,13 @@ def parse_train_arguments(argv: Sequence[str]):
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SystemExit(f"prefopt train: unknown key(s) {unknown} in {config_path}")
+            raise SystemExit(f"{parser.prog}: unknown key(s) {unknown} in {config_path}")
         # Required options given in the YAML must not be demanded again on the command line.
         for action in parser._actions:
             if action.dest in values:
                 action.required = False
         parser.set_defaults(**values)
-    script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    if training_args.output_dir is None:
-        training_args.output_dir = "outputs/train"
-    return script_args, training_args
+    return tuple(parser.parse_args_into_dataclasses(args=argv))
 
 
 def _load_datasets(script_args: ScriptArguments):
@@ -124,11 +136,10 @@ def _load_datasets(script_args: ScriptArguments):
     return train, evaluation
 
 
-def train(argv: Sequence[str]) -> None:
+def load_model_and_lora(script_args: ModelArguments, training_args):
+    """``(model, tokenizer, lora_config or None)`` from the model options."""
     from prefopt.models import default_lora_config, default_model_path, load_model
-    from prefopt.trainer import Trainer
 
-    script_args, training_args = parse_train_arguments(argv)
     path = default_model_path() if script_args.model_name_or_path == "default" else script_args.model_name_or_path
     lora = None
     if script_args.use_lora:
@@ -148,6 +159,14 @@ def train(argv: Sequence[str]) -> None:
         dtype=script_args.model_dtype,
         gradient_checkpointing=training_args.gradient_checkpointing,
     )
+    return model, tokenizer, lora
+
+
+def train(argv: Sequence[str]) -> None:
+    from prefopt.trainer import Trainer
+
+    script_args, training_args = parse_train_arguments(argv)
+    model, tokenizer, lora = load_model_and_lora(script_args, training_args)
     train_dataset, eval_dataset = _load_datasets(script_args)
     if eval_dataset is None and training_args.eval_strategy != "no":
         raise SystemExit("prefopt train: eval_strategy is set but there is no eval dataset (--eval_dataset)")
@@ -275,7 +294,7 @@ def annotate(argv: Sequence[str]) -> dict:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="prefopt", description="Preference optimisation for language models.")
-    parser.add_argument("command", choices=["losses", "train", "main", "annotate"], help="what to run; '<command> --help' for its options")
+    parser.add_argument("command", choices=["losses", "train", "main", "annotate", "online"], help="what to run; '<command> --help' for its options")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         raise SystemExit(0 if argv else 2)
@@ -290,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         main_job(rest)
     elif command == "annotate":
         annotate(rest)
+    elif command == "online":
+        from prefopt.online.command import main as online
+
+        online(rest)
     else:
         parser.parse_args([command])  # prints the usage error
 

@@ -229,10 +229,10 @@ def _run(tmp_path, loss, *, rounds=2, folder="run", callbacks=None, save_steps=N
     extra = {"save_strategy": "steps", "save_steps": save_steps} if save_steps else {}
     args = PrefOptConfig(
         loss=loss, loss_kwargs=loss_kwargs or None,
-        **config_kwargs(tmp_path / folder, max_steps=-1, num_train_epochs=3, learning_rate=5e-3, **extra),
+        **config_kwargs(tmp_path / folder, output_dir=str(tmp_path / folder / "online"), max_steps=-1, num_train_epochs=3,
+                        learning_rate=5e-3, **extra),
     )
-    config = OnlineConfig(output_dir=str(tmp_path / folder / "online"), max_new_tokens=6, eval_samples_per_prompt=8,
-                          ranking=ranking, seed=0)
+    config = OnlineConfig(max_new_tokens=6, eval_samples_per_prompt=8, ranking=ranking)
     return train_online(make_model(), make_tokenizer(), WORDS_PROMPTS, loss=loss, reward=FunctionReward(good_share),
                         args=args, rounds=rounds, samples_per_prompt=6, config=config, callbacks=callbacks)
 
@@ -316,3 +316,37 @@ def test_resume_after_a_kill_inside_a_round_equals_the_uninterrupted_run(tmp_pat
     resumed = _run(tmp_path, "inpo", save_steps=2)
     assert resumed.history == inpo_run.history
     _same_parameters(resumed.model, inpo_run.model)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def test_online_command_options_come_from_yaml_and_flags(tmp_path):
+    from prefopt.online.command import parse_online_arguments
+
+    config = tmp_path / "online.yaml"
+    config.write_text("prompts: sentiment\nrounds: 2\nranking: best_worst\nlearning_rate: 1.0e-4\nloss: vpo\n")
+    script_args, online_config, training_args = parse_online_arguments(["--config", str(config), "--samples_per_prompt", "4"])
+    assert script_args.prompts == "sentiment" and online_config.rounds == 2 and online_config.ranking == "best_worst"
+    assert online_config.samples_per_prompt == 4 and training_args.learning_rate == 1e-4 and training_args.loss == "vpo"
+    _, _, defaults = parse_online_arguments([])
+    assert defaults.loss == "inpo" and defaults.output_dir == "outputs/online"
+
+
+@pytest.mark.slow
+def test_online_command_runs_a_round_on_a_tiny_checkpoint(tmp_path, capsys):
+    from helpers_models import save_tiny_checkpoint
+    from prefopt import cli
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is 1 + 1?\nWhat is 2 + 3?\nWhat is 4 + 4?\n")
+    output_dir = tmp_path / "run"
+    cli.main(["online", "--model_name_or_path", str(checkpoint), "--prompts", str(prompts), "--task", "arithmetic",
+              "--rounds", "1", "--samples_per_prompt", "4", "--max_new_tokens", "6", "--eval_samples_per_prompt", "1",
+              "--max_steps", "1", "--per_device_train_batch_size", "2", "--lora_r", "4", "--report_to", "none",
+              "--output_dir", str(output_dir)])
+    state = json.loads((output_dir / STATE_FILE).read_text())
+    assert state["rounds_done"] == 1 and state["settings"]["loss"] == "inpo"
+    assert (output_dir / "round-1" / "policy" / "adapter_config.json").is_file()
+    assert '"round": 1' in capsys.readouterr().out

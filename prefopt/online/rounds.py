@@ -2,7 +2,7 @@
 
     from prefopt.online import OnlineConfig, train_online
     result = train_online(model, tokenizer, prompts, loss="inpo", reward=my_reward, args=PrefOptConfig(...),
-                          rounds=3, samples_per_prompt=8, config=OnlineConfig(output_dir="runs/inpo"))
+                          rounds=3, samples_per_prompt=8, config=OnlineConfig(ranking="knockout"))
     result.model, result.history        # the trained policy, one metrics dict per round
 
 Each round t (pi_1 = the model given, which is also the reference pi_ref):
@@ -25,7 +25,8 @@ Each round t (pi_1 = the model given, which is also the reference pi_ref):
    (``report_to``), then the policy is saved to ``round-<t>/policy`` and ``online_state.json`` records
    the round as done.
 
-Resuming: running the same call again with the same ``output_dir`` skips the rounds already done
+The run folder is ``args.output_dir``. Resuming: running the same call again with the same folder skips the
+rounds already done
 (loading the last snapshot) and, inside an interrupted round, reuses the round's saved pairs and resumes
 its training from the latest HF checkpoint under ``round-<t>/`` (set ``save_steps`` in ``args``).
 Generation is seeded per round and the round's data is saved, so a resumed run equals the
@@ -66,11 +67,6 @@ CALIBRATION_COLUMN = "calibration"
 class OnlineConfig:
     """Settings of the round loop (the training settings of each round are the `PrefOptConfig` ``args``)."""
 
-    output_dir: str = field(
-        default="outputs/online",
-        metadata={"help": "Folder of the run: round-<t>/ (samples, pairs, HF checkpoints, policy snapshot) and "
-                  f"{STATE_FILE}. Running again with the same folder resumes."},
-    )
     rounds: int = field(default=3, metadata={"help": "Number of rounds (INPO paper: 3)."})
     samples_per_prompt: int = field(default=8, metadata={"help": "K responses sampled per prompt and round (INPO paper: 8)."})
     max_new_tokens: int = field(default=128, metadata={"help": "Longest sampled response, in tokens."})
@@ -89,7 +85,6 @@ class OnlineConfig:
         default=2, metadata={"help": "Samples per prompt from pi_{t+1} for the round's win rates, reward and KL."}
     )
     generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
-    seed: int = field(default=0, metadata={"help": "Seed of every round's sampling (round t uses seed + t)."})
 
     def __post_init__(self):
         for name in ("rounds", "samples_per_prompt", "max_new_tokens", "eval_samples_per_prompt", "generation_batch_size"):
@@ -475,10 +470,11 @@ def train_online(
         reward: ``reward(prompts, responses) -> Tensor[N]`` (`prefopt.rewards`); becomes
             ``BradleyTerryOracle(reward)`` when no ``oracle`` is given, and gives the ``reward/mean`` metric.
         oracle: ``oracle(prompts, first, second) -> Tensor[N]`` of P(first > second | prompt).
-        args: `PrefOptConfig` for each round's training (its ``output_dir`` is replaced by ``round-<t>``;
-            ``loss``, if set, must equal ``loss``).
+        args: `PrefOptConfig` for each round's training. Its ``output_dir`` is the run folder (round t trains
+            and checkpoints in ``<output_dir>/round-<t>``; default ``outputs/online``), its ``seed`` seeds round
+            t's sampling as ``seed + t``; its ``loss``, if set, must equal ``loss``.
         rounds, samples_per_prompt: override ``config``'s.
-        config: `OnlineConfig` (sampling, ranking, calibration, evaluation, output folder).
+        config: `OnlineConfig` (sampling, ranking, calibration, evaluation).
         peft_config: a `peft.PeftConfig` to train an adapter (the reference is then the adapter-disabled base);
             a model that is already a PEFT model is trained as it is.
         reference_model: pi_ref for a plain (non-PEFT) policy; default: a frozen copy of ``model`` as given.
@@ -511,7 +507,7 @@ def train_online(
         raise ValueError(f"args.loss is {args.loss!r} but train_online(loss={loss!r}); set one of them")
     loss_kwargs, needs_calibration = _online_loss_kwargs(spec, args)
     oracle = _as_oracle(reward, oracle)
-    output_dir = Path(config.output_dir)
+    output_dir = Path(args.output_dir if args is not None else "outputs/online")
     output_dir.mkdir(parents=True, exist_ok=True)
 
     if peft_config is not None:
@@ -545,7 +541,7 @@ def train_online(
     for round_number in range(state["rounds_done"] + 1, config.rounds + 1):
         folder = output_dir / f"round-{round_number}"
         folder.mkdir(exist_ok=True)
-        round_seed = config.seed + round_number
+        round_seed = (args.seed if args is not None else 0) + round_number
         rows, round_info, previous_samples = _round_data(
             model, tokenizer, prompts, eval_prompts, oracle, reward, config, folder, round_seed,
             reference_model, needs_calibration,
@@ -553,24 +549,26 @@ def train_online(
         if round_number == 1 and not reference_samples_path.exists():
             _atomic_json(reference_samples_path, previous_samples)
         reference_samples = json.loads(reference_samples_path.read_text())
-        if not len(rows):
-            raise ValueError(
-                f"round {round_number}: every prompt's best and worst samples tie under the oracle; nothing to train on "
-                "(raise samples_per_prompt or temperature, or check the reward)"
+        trainer, logged = None, []
+        if len(rows):
+            round_args = _round_args(args, folder)
+            round_args.loss, round_args.loss_kwargs = loss, loss_kwargs or None
+            trainer = round_trainer(model, tokenizer, rows, round_args, reference_model=reference_model,
+                                    calibration=needs_calibration, callbacks=callbacks)
+            trainer.train(resume_from_checkpoint=_latest_checkpoint(folder))
+            # the mean of the logged step losses: a resumed round restores its log history, so it equals the uninterrupted one's
+            logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        else:
+            logger.warning(
+                "round %d: the best and worst samples of all %d prompts tie under the oracle; no pair to train on, the "
+                "policy is unchanged this round (raise samples_per_prompt or temperature, or check the reward)",
+                round_number, len(prompts),
             )
-
-        round_args = _round_args(args, folder)
-        round_args.loss, round_args.loss_kwargs = loss, loss_kwargs or None
-        trainer = round_trainer(model, tokenizer, rows, round_args, reference_model=reference_model,
-                                calibration=needs_calibration, callbacks=callbacks)
-        trainer.train(resume_from_checkpoint=_latest_checkpoint(folder))
-
-        # the mean of the logged step losses: a resumed round restores its log history, so this equals the uninterrupted one's
-        logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         metrics = {"round": round_number, **round_info, "train_loss": sum(logged) / len(logged) if logged else float("nan")}
         metrics.update(_round_metrics(model, tokenizer, eval_prompts, oracle, reward, config, round_seed, reference_model,
                                       previous_samples, reference_samples))
-        trainer.log({f"online/{key}": value for key, value in metrics.items()})
+        if trainer is not None:  # through the round's callbacks and report_to integrations
+            trainer.log({f"online/{key}": value for key, value in metrics.items()})
         _save_policy(model, folder / "policy")
         state["rounds_done"], state["history"] = round_number, [*state["history"], metrics]
         _atomic_json(state_path, state)
