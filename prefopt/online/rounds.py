@@ -372,6 +372,23 @@ def _atomic_json(path: Path, value: Any) -> None:
     os.replace(temporary, path)
 
 
+def _distributed_state():
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def _shared_json(path: Path, compute: Callable[[], Any]) -> Any:
+    """``compute()`` run once, by the main process, and saved to ``path`` (unless a previous, interrupted run saved
+    it); every process then reads the same value. Under ``accelerate launch`` sampling, ranking and evaluation thus
+    happen once and every process trains on the same rows."""
+    state = _distributed_state()
+    if not path.exists() and state.is_main_process:
+        _atomic_json(path, compute())
+    state.wait_for_everyone()
+    return json.loads(path.read_text())
+
+
 def _latest_checkpoint(folder: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -542,13 +559,13 @@ def train_online(
         folder = output_dir / f"round-{round_number}"
         folder.mkdir(exist_ok=True)
         round_seed = (args.seed if args is not None else 0) + round_number
-        rows, round_info, previous_samples = _round_data(
+        data = _shared_json(folder / "round_data.json", lambda: _round_data(
             model, tokenizer, prompts, eval_prompts, oracle, reward, config, folder, round_seed,
             reference_model, needs_calibration,
-        )
-        if round_number == 1 and not reference_samples_path.exists():
-            _atomic_json(reference_samples_path, previous_samples)
-        reference_samples = json.loads(reference_samples_path.read_text())
+        ))  # saved: a resumed round trains on the same pairs
+        rows = Dataset.from_list(data["rows"]) if data["rows"] else Dataset.from_dict({})
+        round_info, previous_samples = data["info"], data["previous_samples"]
+        reference_samples = _shared_json(reference_samples_path, lambda: previous_samples)  # round 1's pi_t is pi_ref
         trainer, logged = None, []
         if len(rows):
             round_args = _round_args(args, folder)
@@ -564,14 +581,18 @@ def train_online(
                 "policy is unchanged this round (raise samples_per_prompt or temperature, or check the reward)",
                 round_number, len(prompts),
             )
-        metrics = {"round": round_number, **round_info, "train_loss": sum(logged) / len(logged) if logged else float("nan")}
-        metrics.update(_round_metrics(model, tokenizer, eval_prompts, oracle, reward, config, round_seed, reference_model,
-                                      previous_samples, reference_samples))
+        metrics = _shared_json(folder / "metrics.json", lambda: {
+            "round": round_number, **round_info, "train_loss": sum(logged) / len(logged) if logged else float("nan"),
+            **_round_metrics(model, tokenizer, eval_prompts, oracle, reward, config, round_seed, reference_model,
+                             previous_samples, reference_samples),
+        })
         if trainer is not None:  # through the round's callbacks and report_to integrations
             trainer.log({f"online/{key}": value for key, value in metrics.items()})
-        _save_policy(model, folder / "policy")
         state["rounds_done"], state["history"] = round_number, [*state["history"], metrics]
-        _atomic_json(state_path, state)
+        if _distributed_state().is_main_process:
+            _save_policy(model, folder / "policy")
+            _atomic_json(state_path, state)
+        _distributed_state().wait_for_everyone()
         logger.info("round %d: %s", round_number, metrics)
     return OnlineResult(model=model, history=state["history"], output_dir=str(output_dir))
 
@@ -628,12 +649,8 @@ def _sample(model, tokenizer, prompts, config: OnlineConfig, n: int, seed: int) 
 
 def _round_data(model, tokenizer, prompts, eval_prompts, oracle, reward, config, folder: Path, seed: int,
                 reference_model, needs_calibration: bool):
-    """The round's training rows (saved to ``pairs.json`` and reused on resume), its counts, and the pi_t
-    samples the round's win rate compares against (per evaluation prompt)."""
-    data_path = folder / "round_data.json"
-    if data_path.exists():
-        saved = json.loads(data_path.read_text())
-        return Dataset.from_list(saved["rows"]) if saved["rows"] else Dataset.from_dict({}), saved["info"], saved["previous_samples"]
+    """``{"rows", "info", "previous_samples"}``: the round's training rows, their counts, and the pi_t samples the
+    round's win rate compares against (per evaluation prompt)."""
     samples = _sample(model, tokenizer, prompts, config, config.samples_per_prompt, seed)
     pairs, ties = rank_samples(oracle, prompts, samples, config.ranking, reward if config.ranking == "best_worst" else None)
     rows = [{"prompt": prompts[p], "chosen": samples[p][best], "rejected": samples[p][worst]} for p, best, worst in pairs]
@@ -657,8 +674,7 @@ def _round_data(model, tokenizer, prompts, eval_prompts, oracle, reward, config,
         flat_prompts = [prompt for prompt, responses in zip(prompts, samples) for _ in responses]
         values = torch.as_tensor(reward(flat_prompts, [r for responses in samples for r in responses]), dtype=torch.float64)
         info["reward/samples"] = values.mean().item()
-    _atomic_json(data_path, {"rows": rows, "info": info, "previous_samples": previous_samples})
-    return Dataset.from_list(rows) if rows else Dataset.from_dict({}), info, previous_samples
+    return {"rows": rows, "info": info, "previous_samples": previous_samples}
 
 
 def _as_response(prompt, text: str):
