@@ -502,6 +502,7 @@ def train_online(
     from accelerate.utils import is_peft_model
 
     from prefopt.losses import get_loss
+    from prefopt.online import as_conversation
 
     config = copy.deepcopy(config) if config is not None else OnlineConfig()
     if rounds is not None:
@@ -509,8 +510,6 @@ def train_online(
     if samples_per_prompt is not None:
         config.samples_per_prompt = samples_per_prompt
     config.__post_init__()
-    from prefopt.online import as_conversation
-
     # every prompt as the policy sees it when sampling (text -> a user message under a chat template), so the
     # trainer, the scorers and the sampler all read the same context
     prompts = [as_conversation(tokenizer, prompt) for prompt in prompts]
@@ -560,8 +559,7 @@ def train_online(
         folder.mkdir(exist_ok=True)
         round_seed = (args.seed if args is not None else 0) + round_number
         data = _shared_json(folder / "round_data.json", lambda: _round_data(
-            model, tokenizer, prompts, eval_prompts, oracle, reward, config, folder, round_seed,
-            reference_model, needs_calibration,
+            model, tokenizer, prompts, eval_prompts, oracle, reward, config, round_seed, reference_model, needs_calibration,
         ))  # saved: a resumed round trains on the same pairs
         rows = Dataset.from_list(data["rows"]) if data["rows"] else Dataset.from_dict({})
         round_info, previous_samples = data["info"], data["previous_samples"]
@@ -647,8 +645,8 @@ def _sample(model, tokenizer, prompts, config: OnlineConfig, n: int, seed: int) 
         )]
 
 
-def _round_data(model, tokenizer, prompts, eval_prompts, oracle, reward, config, folder: Path, seed: int,
-                reference_model, needs_calibration: bool):
+def _round_data(model, tokenizer, prompts, eval_prompts, oracle, reward, config, seed: int, reference_model,
+                needs_calibration: bool):
     """``{"rows", "info", "previous_samples"}``: the round's training rows, their counts, and the pi_t samples the
     round's win rate compares against (per evaluation prompt)."""
     samples = _sample(model, tokenizer, prompts, config, config.samples_per_prompt, seed)
