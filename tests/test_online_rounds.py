@@ -7,6 +7,7 @@ Tiny in-memory Llama and word-level tokenizer (helpers_trainer); the programmati
 from __future__ import annotations
 
 import copy
+import math
 import json
 
 import pytest
@@ -350,3 +351,16 @@ def test_online_command_runs_a_round_on_a_tiny_checkpoint(tmp_path, capsys):
     assert state["rounds_done"] == 1 and state["settings"]["loss"] == "inpo"
     assert (output_dir / "round-1" / "policy" / "adapter_config.json").is_file()
     assert '"round": 1' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_train_loss_is_reported_when_a_round_has_fewer_steps_than_logging_steps(tmp_path):
+    """One round of 1 step (4 pairs, batch 4) with logging_steps=10: no step is logged, its train_loss is still reported."""
+    from prefopt.rewards import FunctionReward
+
+    args = PrefOptConfig(loss="dpo", **config_kwargs(tmp_path, output_dir=str(tmp_path / "online"), max_steps=-1,
+                                                     num_train_epochs=1, logging_steps=10))
+    result = train_online(make_model(), make_tokenizer(), WORDS_PROMPTS, loss="dpo", reward=FunctionReward(good_share),
+                          args=args, rounds=1, samples_per_prompt=6, config=OnlineConfig(max_new_tokens=6, eval_samples_per_prompt=1))
+    entry = result.history[0]
+    assert entry["pairs"] > 0 and math.isfinite(entry["train_loss"])

@@ -571,8 +571,10 @@ def train_online(
             trainer = round_trainer(model, tokenizer, rows, round_args, reference_model=reference_model,
                                     calibration=needs_calibration, callbacks=callbacks)
             trainer.train(resume_from_checkpoint=_latest_checkpoint(folder))
-            # the mean of the logged step losses: a resumed round restores its log history, so it equals the uninterrupted one's
+            # the mean of the logged step losses (a resumed round restores its log history, so it equals the
+            # uninterrupted one's); with fewer steps than logging_steps, the Trainer's own average of the round
             logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+            logged = logged or [entry["train_loss"] for entry in trainer.state.log_history[-1:] if "train_loss" in entry]
         else:
             logger.warning(
                 "round %d: the best and worst samples of all %d prompts tie under the oracle; no pair to train on, the "
