@@ -4,6 +4,7 @@
     prefopt train --config run.yaml [--flag value ...]   train (TRL style: YAML values, flags override)
     prefopt main [--loss dpo] [--output-dir outputs/main]  the main job (see prefopt.main_job)
     prefopt annotate --prompts arithmetic --output pairs.jsonl [--reward task|cdr ...]   sample, score, pair (JSONL)
+    prefopt online --config run.yaml [--flag value ...]   rounds of sample -> rank -> train (INPO, online VPO, iterative DPO)
 
 A mistake in what was asked (a bad flag value, a missing file or model path, an unknown loss, format
 or dataset name) prints one line, ``prefopt <command>: error: ...``, and exits with status 2; add
@@ -67,8 +68,8 @@ def losses(argv: Sequence[str]) -> None:
 
 
 @dataclass
-class ScriptArguments:
-    """Model and data options of ``prefopt train``; the training options are `prefopt.PrefOptConfig`'s."""
+class ModelArguments:
+    """The model options of ``prefopt train`` and ``prefopt online``."""
 
     model_name_or_path: str = field(
         default="default",
@@ -91,6 +92,12 @@ class ScriptArguments:
     lora_target_modules: str = field(
         default="all-linear", metadata={"help": "Comma-separated module names, or 'all-linear'."}
     )
+
+
+@dataclass
+class ScriptArguments(ModelArguments):
+    """Model and data options of ``prefopt train``; the training options are `prefopt.PrefOptConfig`'s."""
+
     dataset: str = field(
         default="arithmetic",
         metadata={"help": "A bundled task name (prefopt.data.list_tasks()) or a local .json/.jsonl/.csv/.parquet file."},
@@ -224,17 +231,25 @@ def parse_train_arguments(argv: Sequence[str]):
     """``(ScriptArguments, PrefOptConfig)`` from ``--config file.yaml`` and flags (flags win)."""
     argv = list(argv)
     parser = _parser()
-    parser.error = _refuse  # argparse would print the whole usage (hundreds of options) before the one line that matters
-    if not _cuda_available():
-        # TRL defaults to bf16 mixed precision, which TrainingArguments refuses on a CPU-only machine.
-        parser.set_defaults(bf16=False, use_cpu=True)
-    parser.set_defaults(output_dir=DEFAULT_OUTPUT_DIR)
     if "--help-all" in argv:
         parser.print_help()
         raise SystemExit(0)
     if "-h" in argv or "--help" in argv:
         print(_short_help(parser), end="")
         raise SystemExit(0)
+    parser.set_defaults(output_dir=DEFAULT_OUTPUT_DIR)
+    return parse_config_and_flags(parser, argv)
+
+
+def parse_config_and_flags(parser, argv: Sequence[str]) -> tuple:
+    """The dataclasses of an `HfArgumentParser` from ``--config file.yaml`` and flags (flags win); on a CPU-only
+    machine bf16 is off and use_cpu on unless given. Mistakes raise `UserError` (one line, exit 2)."""
+    argv = list(argv)
+    # argparse would print the whole usage (hundreds of options) before the one line that matters
+    parser.error = lambda message: _refuse(message, parser.prog)
+    if not _cuda_available():
+        # TRL defaults to bf16 mixed precision, which TrainingArguments refuses on a CPU-only machine.
+        parser.set_defaults(bf16=False, use_cpu=True)
     config_path = None
     if "--config" in argv:
         position = argv.index("--config")
@@ -253,12 +268,11 @@ def parse_train_arguments(argv: Sequence[str]):
             if action.dest in values:
                 action.required = False
         parser.set_defaults(**values)
-    script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    return script_args, training_args
+    return tuple(parser.parse_args_into_dataclasses(args=argv))
 
 
-def _refuse(message: str):
-    raise UserError(f"{message}; 'prefopt train --help' lists the options")
+def _refuse(message: str, prog: str = "prefopt train"):
+    raise UserError(f"{message}; '{prog} --help' lists the options")
 
 
 def _read_yaml_config(path: str) -> dict:
@@ -333,15 +347,10 @@ def _load_datasets(script_args: ScriptArguments):
     return train, evaluation
 
 
-def train(argv: Sequence[str]) -> None:
+def load_model_and_lora(script_args: ModelArguments, training_args):
+    """``(model, tokenizer, lora_config or None)`` from the model options."""
     from prefopt.models import default_lora_config, default_model_path, load_model
-    from prefopt.trainer import Trainer
 
-    script_args, training_args = parse_train_arguments(argv)
-    # The data first: a wrong file or row is reported in a second, not after the model has loaded.
-    train_dataset, eval_dataset = _load_datasets(script_args)
-    if eval_dataset is None and training_args.eval_strategy != "no":
-        raise UserError("eval_strategy is set but there is no eval dataset (--eval_dataset)")
     path = default_model_path() if script_args.model_name_or_path == "default" else script_args.model_name_or_path
     lora = None
     if script_args.use_lora:
@@ -361,6 +370,18 @@ def train(argv: Sequence[str]) -> None:
         dtype=script_args.model_dtype,
         gradient_checkpointing=training_args.gradient_checkpointing,
     )
+    return model, tokenizer, lora
+
+
+def train(argv: Sequence[str]) -> None:
+    from prefopt.trainer import Trainer
+
+    script_args, training_args = parse_train_arguments(argv)
+    # The data first: a wrong file or row is reported in a second, not after the model has loaded.
+    train_dataset, eval_dataset = _load_datasets(script_args)
+    if eval_dataset is None and training_args.eval_strategy != "no":
+        raise UserError("eval_strategy is set but there is no eval dataset (--eval_dataset)")
+    model, tokenizer, lora = load_model_and_lora(script_args, training_args)
     trainer = Trainer(
         model,
         args=training_args,
@@ -518,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _dispatch(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="prefopt", description="Preference optimisation for language models.")
-    parser.add_argument("command", choices=["losses", "train", "main", "annotate"], help="what to run; '<command> --help' for its options")
+    parser.add_argument("command", choices=["losses", "train", "main", "annotate", "online"], help="what to run; '<command> --help' for its options")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         raise SystemExit(0 if argv else 2)
@@ -533,6 +554,10 @@ def _dispatch(argv: list[str]) -> None:
         main_job(rest)
     elif command == "annotate":
         annotate(rest)
+    elif command == "online":
+        from prefopt.online.command import main as online
+
+        online(rest)
     else:
         parser.parse_args([command])  # prints the usage error
 

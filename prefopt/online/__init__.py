@@ -307,3 +307,7 @@ def annotate(
             report["prompts_all_tied"], report["prompts_too_long"],
         )
     return Annotation(rows, report)
+
+
+# The round loop (INPO, online VPO, iterative DPO) lives in its own module, prefopt.online.rounds.
+from prefopt.online.rounds import OnlineConfig, OnlineResult, train_online  # noqa: E402
