@@ -10,8 +10,8 @@ the thinking block present but empty (biased, low variance). BVPO mixes the two 
 
 Defaults: beta = 0.1, alpha = 0.5. alpha = 1 is DPO on the trace view. ``alpha="auto"`` (the
 MSE-optimal weight estimated from per-micro-batch gradient statistics, prefopt's own estimator) is
-computed by the online trainer, which then calls this loss with the numeric value; the loss itself
-only takes a number in [0, 1].
+computed every step by ``prefopt.reasoning.AutoAlphaCallback``, which then calls this loss with the
+numeric value; the loss itself only takes a number in [0, 1].
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ def bvpo(batch: LogProbs, *, beta: float = 0.1, alpha: float = 0.5) -> torch.Ten
     """alpha * dpo(trace view) + (1 - alpha) * dpo(empty-trace view)."""
     if isinstance(alpha, str):
         raise ValueError(
-            "loss 'bvpo': alpha='auto' is estimated from gradient statistics by the online trainer, "
-            "which is not available yet; pass a number in [0, 1]"
+            "loss 'bvpo': alpha='auto' is estimated every step from gradient statistics by "
+            "prefopt.reasoning.AutoAlphaCallback (pass callbacks=[AutoAlphaCallback()] to the Trainer), which then "
+            "calls this loss with the estimate; called directly, pass a number in [0, 1]"
         )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"loss 'bvpo': alpha mixes the two views and must lie in [0, 1], got {alpha}")

@@ -17,7 +17,9 @@ from prefopt.losses import LogProbs, get_loss, list_losses
 
 # Values for the dataset columns that feed optional fields: scores favour the chosen response, and the
 # previous iterate's log-probs equal the reference's at iteration 1 (filled in below from the reference).
-_COLUMN_VALUES = {"score_chosen": 1.0, "score_rejected": -1.0, "scores": [1.0, 0.5, 0.0, -1.0]}
+_COLUMN_VALUES = {"score_chosen": 1.0, "score_rejected": -1.0, "scores": [1.0, 0.5, 0.0, -1.0],
+                  # BVPO's empty-trace view: answers generated with reasoning off (the provider adds the empty block)
+                  "chosen_no_trace": " good good", "rejected_no_trace": " bad bad"}
 
 
 def _dataset_for(spec):
@@ -34,6 +36,10 @@ def _dataset_for(spec):
             for column in (provider.kwise,) if spec.kwise else provider.pair:
                 value = _COLUMN_VALUES[column]
                 dataset = dataset.map(lambda row, c=column, v=value: {c: v[: len(row["completions"])] if isinstance(v, list) else v})
+        elif provider is not None:
+            for column in provider.columns():
+                if column not in dataset.column_names and column in _COLUMN_VALUES:
+                    dataset = dataset.add_column(column, [_COLUMN_VALUES[column]] * len(dataset))
     return dataset
 
 
@@ -45,7 +51,7 @@ def _prefers_a_larger_margin_at_the_reference(spec) -> bool:
     zeros = torch.zeros(1, k)
     policy = torch.zeros(1, k, requires_grad=True)
     batch = LogProbs(policy=policy, reference=zeros, previous=zeros, lengths=torch.full((1, k), 2),
-                     scores=torch.linspace(1, -1, k).unsqueeze(0))
+                     scores=torch.linspace(1, -1, k).unsqueeze(0), empty_policy=zeros, empty_reference=zeros)
     spec(batch).sum().backward()
     return bool(policy.grad[0, 0] < policy.grad[0, 1:].mean())
 
