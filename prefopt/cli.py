@@ -3,6 +3,7 @@
     prefopt losses                          the loss registry: K, reference, hyper-parameters, paper
     prefopt train --config run.yaml [--flag value ...]   train (TRL style: YAML values, flags override)
     prefopt main [--loss dpo] [--output-dir outputs/main]  the main job (see prefopt.main_job)
+    prefopt annotate --prompts arithmetic --output pairs.jsonl [--reward task|cdr ...]   sample, score, pair (JSONL)
 """
 
 from __future__ import annotations
@@ -163,10 +164,118 @@ def train(argv: Sequence[str]) -> None:
     print(f"saved to {training_args.output_dir}")
 
 
+def _annotate_parser() -> argparse.ArgumentParser:
+    from prefopt.online import PAIRINGS
+
+    parser = argparse.ArgumentParser(
+        prog="prefopt annotate",
+        description="Sample n responses per prompt from a policy, score them with a reward, and write preference "
+        "rows (pairwise or K-wise, with scores) as JSONL, ready for `prefopt train --dataset FILE`. Tied scores "
+        "never become preferences (counted in the report).",
+    )
+    parser.add_argument("--prompts", required=True,
+                        help="a bundled task name (its train prompts), a .jsonl file with a 'prompt' field per line "
+                        "(text or messages), or a .txt file with one prompt per line")
+    parser.add_argument("--output", required=True, help="JSONL file to write")
+    parser.add_argument("--model", default="default", help="policy checkpoint folder or Hub id; 'default' = SmolLM2-135M-Instruct")
+    parser.add_argument("--adapter", default=None, help="a PEFT adapter folder loaded on top of --model (the policy)")
+    parser.add_argument("--quantization", default=None, choices=["4bit", "8bit"], help="load the base weights quantised")
+    parser.add_argument("--reward", default="task", choices=["task", "cdr"],
+                        help="'task': the bundled task's ground-truth reward (--task); 'cdr': the density ratio "
+                        "strong/weak (strong = --model with --adapter, weak = the same model with the adapter "
+                        "disabled, or --weak-model)")
+    parser.add_argument("--task", default=None, help="bundled task whose reward --reward task uses (default: --prompts)")
+    parser.add_argument("--weak-model", default=None, help="CDR weak model (default: --model with the adapter disabled)")
+    parser.add_argument("--system-prompt", default=None, help="CDR customised prompt: system message for both models")
+    parser.add_argument("--criteria", action="append", default=None, help="CDR criteria (repeatable), added to the system message")
+    parser.add_argument("--n", type=int, default=8, help="samples per prompt (the CDR paper uses 8)")
+    parser.add_argument("--pairing", default="best_vs_random", choices=list(PAIRINGS))
+    parser.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _read_prompts(source: str) -> list:
+    import json
+    from pathlib import Path
+
+    from prefopt.data import list_tasks
+
+    if source in list_tasks():
+        from prefopt.data import get_task
+
+        return list(get_task(source).load("pairwise", split="train")["prompt"])
+    path = Path(source)
+    if not path.exists():
+        raise SystemExit(f"prefopt annotate: --prompts {source!r} is neither a bundled task ({', '.join(list_tasks())}) nor a file")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix != ".jsonl":
+        return [line for line in lines if line.strip()]
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"prefopt annotate: {path}, line {number}: not JSON ({error.msg})") from None
+        if not isinstance(row, dict) or "prompt" not in row:
+            raise SystemExit(f"prefopt annotate: {path}, line {number}: no 'prompt' field")
+        prompts.append(row["prompt"])
+    return prompts
+
+
+def annotate(argv: Sequence[str]) -> dict:
+    """``prefopt annotate``: returns the report it prints."""
+    import json
+
+    from prefopt.models import default_model_path, load_model
+    from prefopt.online import annotate as annotate_prompts
+    from prefopt.rewards import DensityRatioReward, FunctionReward
+
+    options = _annotate_parser().parse_args(argv)
+    prompts = _read_prompts(options.prompts)
+    if options.num_prompts is not None:
+        prompts = prompts[: options.num_prompts]
+    path = default_model_path() if options.model == "default" else options.model
+    policy, tokenizer = load_model(path, quantization=options.quantization)
+    if options.adapter:
+        from peft import PeftModel
+
+        policy = PeftModel.from_pretrained(policy, options.adapter)
+    if options.reward == "task":
+        from prefopt.data import get_task, list_tasks
+
+        task = options.task or options.prompts
+        if task not in list_tasks():
+            raise SystemExit(f"prefopt annotate: --reward task needs --task (one of {', '.join(list_tasks())})")
+        reward = FunctionReward(get_task(task).reward)
+    else:
+        weak = None
+        if options.weak_model:
+            weak, _ = load_model(options.weak_model, quantization=options.quantization)
+        elif not options.adapter:
+            raise SystemExit("prefopt annotate: --reward cdr needs --adapter (strong = with it, weak = without) or --weak-model")
+        reward = DensityRatioReward(policy, weak, tokenizer, system_prompt=options.system_prompt, criteria=options.criteria)
+    result = annotate_prompts(
+        prompts, policy, tokenizer, reward, n=options.n, pairing=options.pairing, seed=options.seed,
+        max_new_tokens=options.max_new_tokens, temperature=options.temperature, top_p=options.top_p,
+        batch_size=options.batch_size,
+    )
+    result.to_jsonl(options.output)
+    print(json.dumps(result.report))
+    print(f"wrote {result.report['rows']} rows to {options.output}")
+    return result.report
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="prefopt", description="Preference optimisation for language models.")
-    parser.add_argument("command", choices=["losses", "train", "main"], help="what to run; '<command> --help' for its options")
+    parser.add_argument("command", choices=["losses", "train", "main", "annotate"], help="what to run; '<command> --help' for its options")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         raise SystemExit(0 if argv else 2)
@@ -179,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         from prefopt.main_job import main as main_job
 
         main_job(rest)
+    elif command == "annotate":
+        annotate(rest)
     else:
         parser.parse_args([command])  # prints the usage error
 

@@ -117,6 +117,7 @@ class Trainer(DPOTrainer):
             raise NotImplementedError("prefopt.Trainer handles text datasets only; use trl.DPOTrainer for vision data")
         self.kwise_data = is_kwise_example(first_example)
         self.field_providers = resolve_providers(field_providers)
+        self._given_providers = list(field_providers or ())
         self._check_loss_can_be_served(first_example)
         needs_reference = self.preference_loss.needs_reference
         self._reference_hits = self._reference_misses = 0
@@ -168,10 +169,10 @@ class Trainer(DPOTrainer):
                 callback.bind_trainer(self)
 
     def _batch_providers(self) -> list[FieldProvider]:
-        """The providers of the fields this loss needs (each once), in the order of the loss's fields."""
+        """The providers that run every batch (each once): those of the fields the loss needs, and every
+        provider given to the constructor (e.g. VPO's optional calibration fields)."""
         needed = [self.field_providers[f] for f in self.preference_loss.required_fields if f in self.field_providers]
-        if self.preference_loss.needs_reference:
-            needed.append(self.field_providers["reference"])
+        needed += self._given_providers
         return list({id(provider): provider for provider in needed}.values())
 
     # ----------------------------------------------------------------------------------------- checks
@@ -193,6 +194,8 @@ class Trainer(DPOTrainer):
             if field in STEP_FIELDS:
                 continue
             self.field_providers[field].check(example, self.kwise_data, names)
+        for provider in self._given_providers:
+            provider.check(example, self.kwise_data, names)
 
     # ------------------------------------------------------------------------------------------ data
 

@@ -94,7 +94,10 @@ def test_sequence_logps_sum_the_response_tokens_only(checkpoint):
     row = {"prompt": [{"role": "user", "content": "2 + 2?"}], "chosen": [{"role": "assistant", "content": "4"}],
            "rejected": [{"role": "assistant", "content": "five"}]}
     logps = main_job.sequence_logps(model, tokenizer, [row, row], batch_size=3)  # a batch split across rows
-    ids, start = main_job._response_token_ids(tokenizer, row["prompt"], row["rejected"])
+    prompt_ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(row["prompt"] + row["rejected"], return_dict=True)["input_ids"]
+    assert ids[: len(prompt_ids)] == prompt_ids
+    start = len(prompt_ids)
     with torch.no_grad():
         token_logps = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1], -1)
     expected = sum(token_logps[position - 1, ids[position]] for position in range(start, len(ids)))
@@ -133,3 +136,43 @@ def test_main_job_offers_exactly_the_losses_its_pairwise_data_can_feed():
         spec = get_loss(name)
         feedable = spec.responses != "single" and set(spec.required_fields) <= {"policy", "reference", "lengths", "mask", "scores"}
         assert (name in offered) == feedable, name
+
+
+def _short_prompts(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"What is {a} + 1?"}) + "\n" for a in range(3)))
+    return path
+
+
+@pytest.mark.slow
+def test_annotate_command_writes_scored_rows_with_the_task_reward(tmp_path, checkpoint, capsys):
+    output = tmp_path / "pairs.jsonl"
+    report = cli.annotate(["--prompts", str(_short_prompts(tmp_path)), "--task", "arithmetic", "--output", str(output),
+                           "--model", str(checkpoint), "--n", "3", "--max-new-tokens", "4"])
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert report["prompts"] == 3 and report["samples"] == 9 and len(rows) == report["rows"]
+    assert all(row["score_chosen"] > row["score_rejected"] for row in rows)
+    assert f"wrote {len(rows)} rows" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_annotate_command_cdr_with_an_adapter_over_its_base(tmp_path, checkpoint):
+    from peft import LoraConfig, get_peft_model
+
+    adapter = tmp_path / "adapter"
+    base, _ = models.load_model(checkpoint)
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(base, lora).save_pretrained(adapter)
+    output = tmp_path / "ranked.jsonl"
+    report = cli.annotate(["--prompts", str(_short_prompts(tmp_path)), "--reward", "cdr", "--adapter", str(adapter),
+                           "--model", str(checkpoint), "--output", str(output), "--n", "3", "--max-new-tokens", "4",
+                           "--pairing", "ranked", "--system-prompt", "Answer with a number."])
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == report["rows"] >= 1
+    assert all(row["scores"] == sorted(row["scores"], reverse=True) and len(row["completions"]) >= 2 for row in rows)
+
+
+def test_annotate_command_refuses_cdr_without_a_strong_weak_pair(tmp_path, checkpoint):
+    with pytest.raises(SystemExit, match="--adapter"):
+        cli.annotate(["--prompts", str(_short_prompts(tmp_path)), "--reward", "cdr", "--model", str(checkpoint),
+                      "--output", str(tmp_path / "x.jsonl")])

@@ -37,6 +37,49 @@ def test_beta_comes_from_args_unless_loss_kwargs_sets_it():
     assert config.loss_hyperparameters()["dpo"]["beta"] == 0.05
 
 
+_LOSSES_WITH_BETA = [name for name in list_losses() if "beta" in get_loss(name).hyperparameters]
+
+
+@pytest.mark.parametrize("name", _LOSSES_WITH_BETA)
+def test_a_loss_trains_with_its_own_beta_unless_beta_is_set(name):
+    """Unset beta: the registry default (simpo 2.0, not TRL's 0.1); set beta (even to TRL's 0.1): that value."""
+    own = get_loss(name).hyperparameters["beta"]
+    assert PrefOptConfig(loss=name, **CPU).loss_hyperparameters()[name]["beta"] == own
+    assert PrefOptConfig(loss=name, beta=0.1, **CPU).loss_hyperparameters()[name]["beta"] == 0.1
+    assert PrefOptConfig(loss=name, loss_kwargs={"beta": 0.7}, **CPU).loss_hyperparameters()[name]["beta"] == 0.7
+
+
+def test_simpo_trains_at_its_paper_beta_by_default():
+    assert PrefOptConfig(loss="simpo", **CPU).loss_hyperparameters()["simpo"]["beta"] == 2.0
+    combined = PrefOptConfig(loss="simpo,dpo", **CPU).loss_hyperparameters()
+    assert combined["simpo"]["beta"] == 2.0 and combined["dpo"]["beta"] == get_loss("dpo").hyperparameters["beta"]
+
+
+def test_trl_style_config_keeps_trls_default_beta():
+    """Choosing the loss TRL's way (loss_type) keeps TRL's semantics: beta 0.1 unless set."""
+    assert PrefOptConfig(loss_type="sigmoid", **CPU).loss_hyperparameters()["dpo"]["beta"] == 0.1
+    assert PrefOptConfig(loss_type="sigmoid", beta=0.4, **CPU).loss_hyperparameters()["dpo"]["beta"] == 0.4
+
+
+@pytest.mark.parametrize("argv, expected", [([], 2.0), (["--beta", "0.1"], 0.1)], ids=["unset", "flag"])
+def test_command_line_beta_is_explicit_only_when_given(argv, expected):
+    parser = HfArgumentParser(PrefOptConfig)
+    (config,) = parser.parse_args_into_dataclasses(["--output_dir", "x", "--bf16", "false", "--use_cpu", "true",
+                                                    "--loss", "simpo", *argv])
+    assert config.loss_hyperparameters()["simpo"]["beta"] == expected
+
+
+@pytest.mark.parametrize("yaml_text, expected", [("loss: simpo\n", 2.0), ("loss: simpo\nbeta: 0.1\n", 0.1)],
+                         ids=["unset", "set"])
+def test_yaml_beta_is_explicit_only_when_given(tmp_path, yaml_text, expected):
+    from prefopt.cli import parse_train_arguments
+
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml_text)
+    _, config = parse_train_arguments(["--config", str(config_file), "--output_dir", str(tmp_path)])
+    assert config.loss_hyperparameters()["simpo"]["beta"] == expected
+
+
 def test_combination_with_per_component_kwargs():
     config = PrefOptConfig(loss=[("dpo", 1.0), ("rpo", 0.5)], loss_kwargs={"rpo": {"eta": 0.2}, "beta": 0.2}, **CPU)
     assert config.loss_components() == (("dpo", 1.0), ("rpo", 0.5))
