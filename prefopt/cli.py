@@ -4,6 +4,7 @@
     prefopt train --config run.yaml [--flag value ...]   train (TRL style: YAML values, flags override)
     prefopt main [--loss dpo] [--output-dir outputs/main]  the main job (see prefopt.main_job)
     prefopt annotate --prompts arithmetic --output pairs.jsonl [--reward task|cdr ...]   sample, score, pair (JSONL)
+    prefopt fdpg --prompts arithmetic --target rlhf|constraint [--divergence js ...]   on-policy f-DPG (prefopt.fdpg)
 """
 
 from __future__ import annotations
@@ -275,7 +276,7 @@ def annotate(argv: Sequence[str]) -> dict:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="prefopt", description="Preference optimisation for language models.")
-    parser.add_argument("command", choices=["losses", "train", "main", "annotate"], help="what to run; '<command> --help' for its options")
+    parser.add_argument("command", choices=["losses", "train", "main", "annotate", "fdpg"], help="what to run; '<command> --help' for its options")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         raise SystemExit(0 if argv else 2)
@@ -290,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         main_job(rest)
     elif command == "annotate":
         annotate(rest)
+    elif command == "fdpg":
+        from prefopt.fdpg import main as fdpg
+
+        fdpg(rest)
     else:
         parser.parse_args([command])  # prints the usage error
 
