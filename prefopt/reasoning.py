@@ -17,6 +17,10 @@ the empty block being Qwen3's ``"<think>\\n\\n</think>\\n\\n"``), or by a chat t
 (``Thinking(template_switch="enable_thinking")``: the template, rendered with the switch off, writes
 the empty block itself).
 
+Building such rows: `annotate_views` samples from the same model with reasoning on and off (`ThinkingTokenizer`
+switches it: the template's switch, or the empty block appended to the generation prompt) and labels each set
+with a reward through `prefopt.online.annotate`.
+
 Only trace pairs? ``EmptyTraceField(from_trace_pairs=True)`` scores the trace pairs' own answers
 behind an empty block. That is an approximation the paper does not make (its empty-trace answers are
 generated with reasoning off, so they differ from the traced answers); it is used only when asked for,
@@ -29,6 +33,7 @@ docstring); the trainer logs it every step (``hyperparameters/bvpo/alpha``, fixe
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -202,6 +207,81 @@ class EmptyTraceField(FieldProvider):
         layout = torch.stack([torch.arange(size), torch.arange(size) + size], 1).to(batch["input_ids"].device)
         policy = sequence_logps(trainer.model, batch, fused_lm_head=True).logps
         return {"empty_policy": as_matrix(policy, layout), "empty_reference": as_matrix(trainer.reference_logps(batch), layout)}
+
+
+# ------------------------------------------------------------------------- building data: annotate twice
+
+
+class ThinkingTokenizer:
+    """A tokenizer whose prompts are rendered with reasoning switched on or off, for sampling with
+    `prefopt.online.generate` / `annotate` (everything else is the wrapped tokenizer's).
+
+    Reasoning off: with ``thinking.template_switch`` the chat template is rendered with ``{switch: False}``
+    (the template writes the empty block); otherwise the empty block is appended to the generation prompt (or
+    to a plain-text prompt), so the model answers right after it. Reasoning on: the template gets
+    ``{switch: True}`` when there is a switch; otherwise prompts are unchanged (the model opens its trace)."""
+
+    def __init__(self, tokenizer, thinking: Thinking | None = None, *, reasoning: bool):
+        self._tokenizer, self._thinking, self._reasoning = tokenizer, thinking or Thinking(), reasoning
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def _suffix(self) -> str:
+        return "" if self._reasoning or self._thinking.template_switch else self._thinking.empty_block
+
+    def apply_chat_template(self, messages, *, tokenize=True, return_dict=False, add_generation_prompt=False, **kwargs):
+        if self._thinking.template_switch:
+            kwargs[self._thinking.template_switch] = self._reasoning
+        text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
+        if add_generation_prompt:
+            text += self._suffix()
+        if not tokenize:
+            return text
+        ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        return {"input_ids": ids, "attention_mask": [1] * len(ids)} if return_dict else ids
+
+    def __call__(self, text, *args, **kwargs):
+        if isinstance(text, str):
+            text += self._suffix()
+        return self._tokenizer(text, *args, **kwargs)
+
+
+def annotate_views(prompts, policy, tokenizer, reward, *, thinking: Thinking | None = None, n: int = 4,
+                   pairing: str = "best_vs_random", seed: int = 0, max_new_tokens: int = 256,
+                   max_new_tokens_without_trace: int | None = None, **sampling):
+    """BVPO rows built as the paper builds them: ``n`` samples per prompt with reasoning on (trace pairs) and
+    ``n`` with reasoning off (empty-trace pairs) from the same ``policy``, each set labelled with ``reward`` by
+    `prefopt.online.annotate` (pairwise ``pairing``), joined by prompt.
+
+    Returns a `prefopt.online.Annotation` whose rows hold ``prompt``, ``chosen``/``rejected`` (+ scores) and
+    ``chosen_no_trace``/``rejected_no_trace`` (+ ``score_chosen_no_trace``/``score_rejected_no_trace``), ready for
+    ``PrefOptConfig(loss="bvpo")`` with ``EmptyTraceField(thinking)``. Its report has each view's annotation
+    report and ``prompts_without_both`` (prompts left out because one view had only tied samples)."""
+    from prefopt.online import Annotation, annotate
+
+    if pairing == "ranked":
+        raise ValueError("annotate_views builds pairs (BVPO is pairwise); use pairing 'best_vs_random' or 'best_vs_worst'")
+    thinking = thinking or Thinking()
+    views = {}
+    for name, reasoning, tokens in (("trace", True, max_new_tokens),
+                                    ("empty", False, max_new_tokens_without_trace or max_new_tokens)):
+        views[name] = annotate(prompts, policy, ThinkingTokenizer(tokenizer, thinking, reasoning=reasoning), reward,
+                               n=n, pairing=pairing, seed=seed, max_new_tokens=tokens, **sampling)
+    empty_rows = {json.dumps(row["prompt"], sort_keys=True): row for row in views["empty"].rows}
+    rows = []
+    for row in views["trace"].rows:
+        empty = empty_rows.get(json.dumps(row["prompt"], sort_keys=True))
+        if empty is None:
+            continue
+        rows.append({**row, "chosen_no_trace": empty["chosen"], "rejected_no_trace": empty["rejected"],
+                     "score_chosen_no_trace": empty["score_chosen"], "score_rejected_no_trace": empty["score_rejected"]})
+    report = {"prompts": len(prompts), "rows": len(rows), "prompts_without_both": len(prompts) - len(rows),
+              "trace": views["trace"].report, "empty_trace": views["empty"].report}
+    if report["prompts_without_both"]:
+        logger.warning("annotate_views: %d of %d prompts left out (one view had no untied pair)",
+                       report["prompts_without_both"], len(prompts))
+    return Annotation(rows, report)
 
 
 # ------------------------------------------------------------------------------------ alpha = "auto"

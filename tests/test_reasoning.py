@@ -255,3 +255,44 @@ def test_auto_alpha_trains_and_is_logged_every_step(tmp_path):
     assert len(logs) == trainer.args.max_steps
     assert all(0.0 <= log["hyperparameters/bvpo/alpha"] <= 1.0 for log in logs)
 
+
+
+# ------------------------------------------------------------------------- building data: annotate twice
+
+
+def test_thinking_tokenizer_switches_reasoning_in_the_rendered_prompt():
+    from prefopt.online import prompt_token_ids
+    from prefopt.reasoning import ThinkingTokenizer
+
+    tokenizer = tiny_tokenizer()
+    messages = [{"role": "user", "content": "Q"}]
+    header = "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n"
+    off = ThinkingTokenizer(tokenizer, reasoning=False)  # ChatML: no switch, the block is appended
+    assert tokenizer.decode(prompt_token_ids(off, messages)) == header + EMPTY
+    assert tokenizer.decode(prompt_token_ids(ThinkingTokenizer(tokenizer, reasoning=True), messages)) == header
+    plain = tiny_tokenizer()
+    plain.chat_template = None
+    assert plain.decode(prompt_token_ids(ThinkingTokenizer(plain, reasoning=False), "Q:")) == "Q:" + EMPTY
+    switched = tiny_tokenizer()
+    switched.chat_template = THINKING_TEMPLATE
+    switch = Thinking(template_switch="enable_thinking")
+    assert switched.decode(prompt_token_ids(ThinkingTokenizer(switched, switch, reasoning=False), messages)) == header + EMPTY
+    assert switched.decode(prompt_token_ids(ThinkingTokenizer(switched, switch, reasoning=True), messages)) == header
+
+
+def test_annotate_views_samples_both_views_from_one_model_and_joins_them_by_prompt(tmp_path):
+    from prefopt.reasoning import annotate_views
+    from prefopt.rewards import FunctionReward
+
+    reward = FunctionReward(lambda prompt, response: sum(map(ord, response)) % 97)
+    result = annotate_views(["Q: 1+2?", "Q: 2+2?"], tiny_llama(), tiny_tokenizer(), reward, n=3, max_new_tokens=6,
+                            progress=False)
+    assert result.report["rows"] == len(result.rows) == 2 - result.report["prompts_without_both"]
+    assert result.report["trace"]["samples"] == result.report["empty_trace"]["samples"] == 6
+    for row in result.rows:
+        assert row["score_chosen"] > row["score_rejected"] and row["score_chosen_no_trace"] > row["score_rejected_no_trace"]
+        assert row["chosen_no_trace"][0]["role"] == "assistant"
+    if result.rows:
+        trainer = _trainer(tmp_path, result.rows, "bvpo")  # the rows feed BVPO as they are
+        loss, _ = _loss_and_gradients(trainer)
+        assert torch.isfinite(loss)
