@@ -45,7 +45,8 @@ def is_conversational(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
 
 
-def _token_ids(tokenizer, value, **chat_options) -> list[int]:
+def token_ids(tokenizer, value, **chat_options) -> list[int]:
+    """Token ids of text, or of a message list through the chat template (TRL's tokenisation)."""
     from trl.data_utils import _tokenize
 
     return list(_tokenize(tokenizer, value, **chat_options)["input_ids"])
@@ -67,13 +68,13 @@ def encode(
 
     if is_conversational(prompt):
         options = dict(chat_template_kwargs or {})
-        prompt_ids = _token_ids(tokenizer, prompt, add_generation_prompt=True, **options)
-        full_ids = [_token_ids(tokenizer, prompt + list(completion), **options) for completion in completions]
+        prompt_ids = token_ids(tokenizer, prompt, add_generation_prompt=True, **options)
+        full_ids = [token_ids(tokenizer, prompt + list(completion), **options) for completion in completions]
     else:
         if eos_token:
             completions = [c if c.endswith(eos_token) else c + eos_token for c in completions]
-        prompt_ids = _token_ids(tokenizer, prompt)
-        full_ids = [_token_ids(tokenizer, prompt + completion) for completion in completions]
+        prompt_ids = token_ids(tokenizer, prompt)
+        full_ids = [token_ids(tokenizer, prompt + completion) for completion in completions]
     prompt_length = min(common_prefix_length(prompt_ids, ids) for ids in full_ids)
     return prompt_ids[:prompt_length], [ids[prompt_length:] for ids in full_ids]
 

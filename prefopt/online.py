@@ -57,12 +57,12 @@ def as_conversation(tokenizer, prompt: Any) -> Any:
 
 def prompt_token_ids(tokenizer, prompt: Any) -> list[int]:
     """Token ids of the prompt as `prefopt.logprobs.encode` tokenises it (generation prompt included)."""
-    from prefopt.logprobs import _token_ids
+    from prefopt.logprobs import token_ids
 
     prompt = as_conversation(tokenizer, prompt)
     if is_conversational(prompt):
-        return _token_ids(tokenizer, prompt, add_generation_prompt=True)
-    return _token_ids(tokenizer, prompt)
+        return token_ids(tokenizer, prompt, add_generation_prompt=True)
+    return token_ids(tokenizer, prompt)
 
 
 def context_length(model, tokenizer) -> int | None:

@@ -27,6 +27,19 @@ def test_generate_is_deterministic_for_a_seed_and_honours_n_and_max_new_tokens()
             assert len(tokenizer(response, add_special_tokens=False)["input_ids"]) <= 4
 
 
+def test_generate_samples_from_a_lora_model_with_its_adapter():
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer = make_tokenizer()
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    policy = get_peft_model(make_model(), lora)
+    first = generate(policy, tokenizer, PROMPTS, n=2, max_new_tokens=4, seed=3, progress=False)
+    assert first == generate(policy, tokenizer, PROMPTS, n=2, max_new_tokens=4, seed=3, progress=False)
+    with policy.disable_adapter():
+        base = generate(policy, tokenizer, PROMPTS, n=2, max_new_tokens=4, seed=3, progress=False)
+    assert base == generate(make_model(), tokenizer, PROMPTS, n=2, max_new_tokens=4, seed=3, progress=False)
+
+
 def test_generate_leaves_the_global_rng_and_the_training_mode_alone():
     model, tokenizer = make_model(), make_tokenizer()
     model.train()
