@@ -49,6 +49,7 @@ from torch.utils.data import Dataset as TorchDataset
 from prefopt.callbacks import LossStateCallback
 from prefopt.config import PrefOptConfig
 from prefopt.logprobs import encode, is_conversational, pad_sequences, sequence_logps
+from prefopt.losses import LogProbs
 from prefopt.losses.fdpg import pointwise_divergence, pseudo_reward
 from prefopt.online import as_conversation, generate
 from prefopt.trainer import Trainer
@@ -325,8 +326,6 @@ class FDPGTrainer(Trainer):
         log_z = torch.tensor([state.log_partition.log_z(key) for key in keys], device=reference.device)
         known = torch.isfinite(log_z)  # Z(x) = 0 so far: p is undefined, no gradient from these samples
         log_z = torch.where(known, log_z, torch.zeros_like(log_z))
-
-        from prefopt.losses import LogProbs
 
         fields = LogProbs(policy=policy.logps.unsqueeze(1), proposal=proposal.unsqueeze(1), target=log_target.unsqueeze(1))
         hyperparameters = {**self.step_hyperparameters()[spec.name], "log_z": log_z, "baseline": state.baseline}
