@@ -457,7 +457,7 @@ def main(argv: Sequence[str]) -> list[dict]:
         options.output_dir, loss="fdpg", loss_kwargs={"divergence": options.divergence}, max_steps=options.steps,
         per_device_train_batch_size=options.prompts_per_step, learning_rate=options.learning_rate,
         lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to="none", seed=options.seed,
-        gradient_checkpointing=False, disable_tqdm=True,
+        gradient_checkpointing=False, disable_tqdm=True, bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
     )
     trainer = FDPGTrainer(
         model, tokenizer, prompts, target=options.target, reward=reward, beta=options.beta, constraint=constraint,
