@@ -6,7 +6,9 @@ For each task: 400 prompts (300 train, 100 test), each with 4 completions scored
 ground-truth reward. Files: <task>_kwise_<split>.jsonl (completions best first, rewards as
 scores), <task>_pairwise_<split>.jsonl (best vs a random strictly-worse completion),
 <task>_noisy_train.jsonl (the pairwise train split with NOISE_RATE of its labels flipped, column
-label_flipped), and manifest.json (sizes, seed, realised flip rates).
+label_flipped), and manifest.json (sizes, seed, realised flip rates). The arithmetic task also gets
+arithmetic_reasoning_<split>.jsonl (NUM_REASONING_TRAIN / NUM_REASONING_TEST BVPO rows: trace pairs with
+worked traces and empty-trace pairs).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import datasets
 
 from .noise import flip_labels
 from .pairs import to_pairs
-from .tasks import MANIFEST, TASKS_DIR, get_task, list_tasks
+from .tasks import MANIFEST, REASONING_FILE, TASKS_DIR, _reasoning_rows, get_task, list_tasks
 
 SEED = 20240611
 NUM_TRAIN = 300
 NUM_TEST = 100
 NOISE_RATE = 0.2
+NUM_REASONING_TRAIN = 200
+NUM_REASONING_TEST = 50
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -69,6 +73,19 @@ def generate(directory: Path | str = TASKS_DIR) -> list[Path]:
             "rows": sizes,
             "noisy": {"requested_rate": NOISE_RATE, "flip_rate": sum(noisy["label_flipped"]) / len(noisy), "seed": SEED},
         }
+    rng = random.Random(SEED + 1000)  # its own stream: the files above are unchanged by it
+    rows = _reasoning_rows(rng, NUM_REASONING_TRAIN + NUM_REASONING_TEST)
+    reasoning = {"train": rows[:NUM_REASONING_TRAIN], "test": rows[NUM_REASONING_TRAIN:]}
+    manifest["reasoning"] = {
+        "task": "arithmetic",
+        "description": "BVPO rows: <think> worked trace + answer (rejected trace slips) and answers without reasoning",
+        "files": {}, "rows": {},
+    }
+    for split, split_rows in reasoning.items():
+        path = directory / REASONING_FILE.format(split=split)
+        _write_jsonl(path, [{**row, "id": f"arithmetic-reasoning-{split}-{i:04d}"} for i, row in enumerate(split_rows)])
+        manifest["reasoning"]["files"][split], manifest["reasoning"]["rows"][split] = path.name, len(split_rows)
+        written.append(path)
     manifest_path = directory / MANIFEST
     manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", newline="\n")
     return [*written, manifest_path]

@@ -13,6 +13,8 @@ Tasks:
                 score (positive hits - negative hits) / (hits + 1), signed by the requested
                 sentiment, in (-1, 1).
 
+`load_reasoning()` is the arithmetic task with reasoning traces for BVPO (trace pairs and empty-trace pairs).
+
 Rows are conversational (a user message; assistant completions), ready for a ChatML chat template
 such as SmolLM2-135M-Instruct's; `render_chatml` renders them the way that template does. The files
 under data/tasks/ are written by ``python -m prefopt.data.generate_tasks`` (`generate` below).
@@ -213,6 +215,79 @@ def _arithmetic_rows(rng: random.Random, count: int) -> list[dict]:
         seen.add(question)
         rows.append(_scored_row(question, _arithmetic_completions(op, a, b, rng), arithmetic_reward))
     return rows
+
+
+# ------------------------------------------------------------------ arithmetic with reasoning traces (BVPO)
+
+REASONING_FILE = "arithmetic_reasoning_{split}.jsonl"
+REASONING_COLUMNS = ("prompt", "chosen", "rejected", "chosen_no_trace", "rejected_no_trace")
+
+
+def _worked_trace(op: str, a: int, b: int, result: int) -> str:
+    symbol = _OP_SYMBOLS[op]
+    task = _OP_PHRASES[op][0].format(a=a, b=b)
+    if op in ("*", "/") and result != _OPS[op](a, b):  # a slip in the middle of the working
+        return f"We need to {task}.\n{a} {symbol} {b} = {result}.\nCheck: that is my result."
+    if op == "*" and b >= 10:
+        tens, units = divmod(b, 10)
+        return (f"We need to {task}.\n{a} {symbol} {b} = {a} {symbol} {tens * 10} + {a} {symbol} {units} = "
+                f"{a * tens * 10} + {a * units} = {result}.")
+    if op == "/":
+        return f"We need to {task}.\n{b} {_OP_SYMBOLS['*']} {result} = {b * result}, so {a} {symbol} {b} = {result}."
+    return f"We need to {task}.\n{a} {symbol} {b} = {result}."
+
+
+def _reasoning_rows(rng: random.Random, count: int) -> list[dict]:
+    """BVPO rows: a trace pair (worked trace + answer; the rejected trace makes a slip) and an empty-trace pair
+    (answers given without reasoning: the correct one against an unrelated guess), with their rewards."""
+    rows, seen = [], set()
+    while len(rows) < count:
+        question, op, a, b = _arithmetic_question(rng)
+        if question in seen:
+            continue
+        seen.add(question)
+        truth = _OPS[op](a, b)
+        slip = truth + rng.choice([v for v in (1, -1, 2, 10, -10) if truth + v >= 0])
+        guess = rng.choice([v for v in (truth + 3, truth + 5, abs(truth - 4), a, b) if v != truth and v != slip])
+        prompt = [{"role": "user", "content": question}]
+        responses = {
+            "chosen": f"<think>\n{_worked_trace(op, a, b, truth)}\n</think>\n\nThe answer is {truth}.",
+            "rejected": f"<think>\n{_worked_trace(op, a, b, slip)}\n</think>\n\nThe answer is {slip}.",
+            "chosen_no_trace": f"The answer is {truth}.",
+            "rejected_no_trace": f"The answer is {guess}.",
+        }
+        row = {"prompt": prompt}
+        row.update({column: [{"role": "assistant", "content": text}] for column, text in responses.items()})
+        row.update({f"score_{column}": round(arithmetic_reward(prompt, text), 6) for column, text in responses.items()})
+        rows.append(row)
+    return rows
+
+
+def load_reasoning(split: str | None = None, directory: Path | str | None = None):
+    """The bundled BVPO reasoning task (arithmetic): a DatasetDict train / test, or one split's Dataset.
+
+    Columns: ``prompt`` (a user message), ``chosen`` / ``rejected`` (``<think>`` worked trace + answer; the
+    rejected trace makes an arithmetic slip), ``chosen_no_trace`` / ``rejected_no_trace`` (answers given with
+    reasoning off: the correct answer against a guess), and ``score_<column>`` (the arithmetic reward of each).
+    Ready for ``PrefOptConfig(loss="bvpo")``; written by ``python -m prefopt.data.generate_tasks``."""
+    from datasets import Dataset, DatasetDict
+
+    directory = Path(directory or TASKS_DIR)
+    splits = ("train", "test") if split is None else (split,)
+    loaded = {}
+    for name in splits:
+        path = directory / REASONING_FILE.format(split=name)
+        if not path.exists():
+            raise ValueError(f"the reasoning task has no split {name!r} ({path} does not exist); splits: train, test")
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            row = json.loads(line)
+            missing = [column for column in REASONING_COLUMNS if column not in row]
+            if missing:
+                raise ValueError(f"{path}, line {number}: missing column(s) {missing}")
+            rows.append(row)
+        loaded[name] = Dataset.from_list(rows)
+    return loaded[split] if split is not None else DatasetDict(loaded)
 
 
 # =========================================================================== sentiment

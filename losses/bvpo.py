@@ -10,8 +10,8 @@ the thinking block present but empty (biased, low variance). BVPO mixes the two 
 
 Defaults: beta = 0.1, alpha = 0.5. alpha = 1 is DPO on the trace view. ``alpha="auto"`` (the
 MSE-optimal weight estimated from per-micro-batch gradient statistics, prefopt's own estimator) is
-computed by the online trainer, which then calls this loss with the numeric value; the loss itself
-only takes a number in [0, 1].
+computed every step by ``prefopt.reasoning.AutoAlphaCallback``, which then calls this loss with the
+numeric value; the loss itself only takes a number in [0, 1].
 """
 
 from __future__ import annotations

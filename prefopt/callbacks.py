@@ -37,6 +37,10 @@ class StatefulCallback(TrainerCallback):
 class LossStateCallback(StatefulCallback):
     """Running state of a loss: updated from every training batch, read by the loss at every step."""
 
+    def before_loss(self, trainer, batch) -> None:
+        """Called by the trainer in each training step with the `LogProbs` batch (still attached to the graph)
+        before the loss is computed, for state that must describe this very batch (e.g. BVPO's auto alpha)."""
+
     def observe(self, batch) -> None:
         """Called by the trainer after each training forward with the (detached) `LogProbs` batch."""
 

@@ -5,6 +5,7 @@
     prefopt main [--loss dpo] [--output-dir outputs/main]  the main job (see prefopt.main_job)
     prefopt annotate --prompts arithmetic --output pairs.jsonl [--reward task|cdr ...]   sample, score, pair (JSONL)
     prefopt online --config run.yaml [--flag value ...]   rounds of sample -> rank -> train (INPO, online VPO, iterative DPO)
+    prefopt fdpg --prompts arithmetic --target rlhf|constraint [--divergence js ...]   on-policy f-DPG (prefopt.fdpg)
 
 A mistake in what was asked (a bad flag value, a missing file or model path, an unknown loss, format
 or dataset name) prints one line, ``prefopt <command>: error: ...``, and exits with status 2; add
@@ -539,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _dispatch(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="prefopt", description="Preference optimisation for language models.")
-    parser.add_argument("command", choices=["losses", "train", "main", "annotate", "online"], help="what to run; '<command> --help' for its options")
+    parser.add_argument("command", choices=["losses", "train", "main", "annotate", "online", "fdpg"], help="what to run; '<command> --help' for its options")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         raise SystemExit(0 if argv else 2)
@@ -558,6 +559,10 @@ def _dispatch(argv: list[str]) -> None:
         from prefopt.online.command import main as online
 
         online(rest)
+    elif command == "fdpg":
+        from prefopt.fdpg import main as fdpg
+
+        fdpg(rest)
     else:
         parser.parse_args([command])  # prints the usage error
 

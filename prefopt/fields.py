@@ -221,6 +221,8 @@ class Unavailable(FieldProvider):
 
 def default_providers() -> list[FieldProvider]:
     """The providers every `prefopt.Trainer` starts from (one per field the step does not compute)."""
+    from prefopt.reasoning import EmptyTraceField  # BVPO's empty-trace view (columns chosen_no_trace/rejected_no_trace)
+
     return [
         ReferenceField(),
         ColumnField("scores", ("score_chosen", "score_rejected"), "scores"),
@@ -230,10 +232,7 @@ def default_providers() -> list[FieldProvider]:
             "log-probs of responses sampled from a calibration policy (online VPO; "
             "SampleField reads them from a column of samples)",
         ),
-        Unavailable(
-            ("empty_policy", "empty_reference"),
-            "a second forward of every response with an empty reasoning trace (BVPO's empty-trace view)",
-        ),
+        EmptyTraceField(),
         Unavailable(("proposal", "target"), "log-probs of on-policy samples under their proposal and target (f-DPG)"),
     ]
 

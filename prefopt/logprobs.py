@@ -52,20 +52,24 @@ def token_ids(tokenizer, value, **chat_options) -> list[int]:
     return list(_tokenize(tokenizer, value, **chat_options)["input_ids"])
 
 
-def encode(tokenizer, prompt, completions: Sequence, *, eos_token: str | None = None) -> tuple[list[int], list[list[int]]]:
+def encode(
+    tokenizer, prompt, completions: Sequence, *, eos_token: str | None = None, chat_template_kwargs: dict | None = None
+) -> tuple[list[int], list[list[int]]]:
     """``(prompt_ids, [completion_ids, ...])`` as TRL tokenises preference rows.
 
     ``prompt`` is text or a message list; each completion is text or an assistant message list (same kind
     as the prompt). Conversational rows go through the chat template (prompt with the generation prompt);
     plain-text completions get ``eos_token`` appended unless they end with it. The prompt ends where the
     prompt alone and every prompt+completion stop agreeing, so the completion tokens are those the model
-    predicts after the prompt it sees.
+    predicts after the prompt it sees. ``chat_template_kwargs`` are template variables for both renderings
+    (e.g. ``{"enable_thinking": False}``).
     """
     from trl.data_utils import common_prefix_length
 
     if is_conversational(prompt):
-        prompt_ids = token_ids(tokenizer, prompt, add_generation_prompt=True)
-        full_ids = [token_ids(tokenizer, prompt + list(completion)) for completion in completions]
+        options = dict(chat_template_kwargs or {})
+        prompt_ids = token_ids(tokenizer, prompt, add_generation_prompt=True, **options)
+        full_ids = [token_ids(tokenizer, prompt + list(completion), **options) for completion in completions]
     else:
         if eos_token:
             completions = [c if c.endswith(eos_token) else c + eos_token for c in completions]

@@ -458,7 +458,12 @@ class Trainer(DPOTrainer):
         if self.args.use_weighting:
             fields["weights"] = self._example_weights(outputs, inputs, response_index).to(policy.logps.dtype)
         batch = LogProbs(**fields)
-        per_component = self.preference_loss.components_per_example(batch, per_loss=self.step_hyperparameters())
+        if mode == "train":
+            for callback in self._loss_state_callbacks():
+                if hasattr(callback, "before_loss"):
+                    callback.before_loss(self, batch)
+        step_hyperparameters = self.step_hyperparameters()
+        per_component = self.preference_loss.components_per_example(batch, per_loss=step_hyperparameters)
         loss = 0.0
         for spec, weight in self.preference_loss.components:
             loss += per_component[spec.name].mean() * weight
@@ -471,6 +476,10 @@ class Trainer(DPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
         self._log_metrics(mode, inputs, outputs, batch, response_index, per_component)
+        for name, values in step_hyperparameters.items():  # what each loss trained with this step (e.g. BVPO's alpha)
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._metrics[mode][f"hyperparameters/{name}/{key}"].append(float(value))
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**model_inputs(inputs), use_cache=False)

@@ -7,7 +7,7 @@ import pytest
 
 from prefopt.data import get_task, list_tasks, render_chatml
 from prefopt.data.generate_tasks import NOISE_RATE, NUM_TEST, NUM_TRAIN, generate
-from prefopt.data.tasks import TASKS_DIR, arithmetic_answer, lexicon_score, requested_sentiment
+from prefopt.data.tasks import TASKS_DIR, arithmetic_answer, final_number, lexicon_score, requested_sentiment
 
 ARITHMETIC = get_task("arithmetic")
 SENTIMENT = get_task("sentiment")
@@ -137,3 +137,26 @@ def test_render_chatml_equals_the_real_smollm2_chat_template():
             row["prompt"], tokenize=False, add_generation_prompt=True
         )
         assert render_chatml(row["prompt"] + row["chosen"]) == tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
+
+
+def test_reasoning_task_has_trace_pairs_and_empty_trace_pairs():
+    from prefopt.data.generate_tasks import NUM_REASONING_TEST, NUM_REASONING_TRAIN
+    from prefopt.data.tasks import load_reasoning
+    from prefopt.reasoning import Thinking
+
+    splits = load_reasoning()
+    assert {name: len(split) for name, split in splits.items()} == {"train": NUM_REASONING_TRAIN, "test": NUM_REASONING_TEST}
+    thinking = Thinking()
+    for row in splits["test"]:
+        texts = {column: row[column][0]["content"] for column in ("chosen", "rejected", "chosen_no_trace", "rejected_no_trace")}
+        for column in ("chosen", "rejected"):  # a worked trace, then the answer it reached
+            trace, answer = thinking.split(texts[column])
+            assert trace and answer.startswith("The answer is ")
+            assert final_number(trace) == final_number(answer) or "Check" in trace
+        assert all(thinking.split(texts[c])[0] is None for c in ("chosen_no_trace", "rejected_no_trace"))
+        assert row["score_chosen"] == row["score_chosen_no_trace"] == 1.0
+        assert row["score_rejected"] < 1.0 and row["score_rejected_no_trace"] < 1.0
+        for column, text in texts.items():
+            assert ARITHMETIC.reward(row["prompt"], text) == pytest.approx(row[f"score_{column}"], abs=1e-6)
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        load_reasoning("validation")

@@ -16,7 +16,8 @@ bar, and reports prompts that would exceed the model's context instead of cuttin
 become preferences: they are counted in the report and left out.
 
 These are the sampling and labelling steps of the online loops (INPO / online VPO rounds, f-DPG), which
-are built around `Trainer.train()`, not inside it.
+are built around `Trainer.train()`, not inside it. f-DPG's on-policy trainer, `FDPGTrainer`, is importable
+from here (it lives in `prefopt.fdpg`).
 """
 
 from __future__ import annotations
@@ -311,3 +312,12 @@ def annotate(
 
 # The round loop (INPO, online VPO, iterative DPO) lives in its own module, prefopt.online.rounds.
 from prefopt.online.rounds import OnlineConfig, OnlineResult, train_online  # noqa: E402
+
+
+def __getattr__(name: str):
+    # f-DPG's on-policy trainer lives in its own module (prefopt.fdpg), which imports this one
+    if name == "FDPGTrainer":
+        from prefopt.fdpg import FDPGTrainer
+
+        return FDPGTrainer
+    raise AttributeError(f"module 'prefopt.online' has no attribute {name!r}")

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from prefopt.cli import ModelArguments, _read_prompts, load_model_and_lora, parse_config_and_flags
+from prefopt.cli import ModelArguments, UserError, _read_prompts, load_model_and_lora, parse_config_and_flags
 
 
 @dataclass
@@ -71,7 +71,7 @@ def main(argv: Sequence[str]) -> dict:
     script_args, online_config, training_args = parse_online_arguments(argv)
     task = script_args.task or (script_args.prompts if script_args.prompts in list_tasks() else None)
     if task not in list_tasks():
-        raise SystemExit(f"prefopt online: --task must name the bundled task whose reward ranks samples ({', '.join(list_tasks())})")
+        raise UserError(f"--task must name the bundled task whose reward ranks samples ({', '.join(list_tasks())})")
     prompts = _read_prompts(script_args.prompts)[: script_args.num_prompts]
     eval_prompts = None
     if script_args.eval_prompts:
