@@ -53,6 +53,12 @@ class Range:
             raise ValueError(f"range low {self.low!r} must be below high {self.high!r}")
 
     def __contains__(self, value: Any) -> bool:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            # a per-example value (e.g. f-DPG's log Z, one estimate per prompt): every element must be in range
+            value = value.detach()
+            low_ok = self.low is None or bool((value >= self.low if self.bounds[0] == "[" else value > self.low).all())
+            high_ok = self.high is None or bool((value <= self.high if self.bounds[1] == "]" else value < self.high).all())
+            return bool(torch.isfinite(value).all()) and low_ok and high_ok
         if not _is_real(value) or not math.isfinite(value):
             return False
         low_ok = self.low is None or (value >= self.low if self.bounds[0] == "[" else value > self.low)

@@ -342,3 +342,13 @@ def test_combination_errors():
         combine_losses(["dpo", "fdpg"])
     with pytest.raises(ValueError, match="at least one"):
         combine_losses([])
+
+
+def test_a_range_holds_a_per_example_tensor_only_when_every_element_is_finite_and_inside():
+    """f-DPG passes log Z as one estimate per example: a tensor is checked element by element."""
+    from prefopt.losses import Range
+
+    assert torch.tensor([-1.4, 0.0, 2.0]) in Range(None, None)
+    assert torch.tensor([0.0, float("nan")]) not in Range(None, None)
+    assert torch.tensor([0.2, 0.5]) not in Range(0, 0.5, "[)")
+    assert torch.tensor([0.0, 0.49]) in Range(0, 0.5, "[)")
