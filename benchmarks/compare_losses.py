@@ -24,7 +24,7 @@ Presets:
   --quick (default): a tiny Llama (word-level tokenizer over the task's words, 2 layers) built and
     supervised-fine-tuned in-script on the task's responses, chosen and rejected alike, to make a
     reference that writes the task's words; the default model is too slow for 20+ losses x 3 seeds
-    on 2 CPU cores (about 9 s per step). About 15 minutes on 2 idle CPU cores.
+    on 2 CPU cores (about 9 s per step). 5 minutes wall (2 minutes CPU) on a shared 2-core machine.
   --full: the default model (SmolLM2-135M-Instruct) with LoRA, more steps and seeds, for a GPU:
     python benchmarks/compare_losses.py --full
   --smoke: a few losses, tiny settings, seconds (CI).
@@ -58,15 +58,16 @@ TRAIN_ROWS = 160  # of the task's train split (pairs or rankings)
 TEST_PAIRS = 64  # held-out pairs for the preference accuracy
 EVAL_PROMPTS = 16  # held-out prompts for the win rate and the KL
 SAMPLES = 2  # responses per prompt, from the policy and from the reference each
-MAX_NEW_TOKENS = 40
+MAX_NEW_TOKENS = 32
 TEMPERATURE = 1.0
+THREADS = 1  # the tiny model gains nothing from more on a shared machine
 # the tiny reference: its size and supervised warm-up
 TINY_HIDDEN = 64
 TINY_LAYERS = 2
 SFT_STEPS = 200
 SFT_BATCH = 16
 SFT_LEARNING_RATE = 3e-3
-FULL = {"MODEL": "default", "SEEDS": [0, 1, 2, 3, 4], "STEPS": 200, "BATCH_SIZE": 8, "LEARNING_RATE": 5e-5,
+FULL = {"MODEL": "default", "THREADS": torch.get_num_threads(), "SEEDS": [0, 1, 2, 3, 4], "STEPS": 200, "BATCH_SIZE": 8, "LEARNING_RATE": 5e-5,
         "TRAIN_ROWS": 300, "EVAL_PROMPTS": 100, "SAMPLES": 4, "MAX_NEW_TOKENS": 128, "MAX_LENGTH": 512}
 SMOKE = {"LOSSES": ["dpo", "plackett_luce"], "SEEDS": [0, 1], "STEPS": 2, "BATCH_SIZE": 4, "TRAIN_ROWS": 16,
          "TEST_PAIRS": 8, "EVAL_PROMPTS": 3, "SAMPLES": 2, "MAX_NEW_TOKENS": 8, "SFT_STEPS": 2}
@@ -174,7 +175,7 @@ def tiny_reference(task, tokenizer):
         loss.backward()
         optimizer.step()
     print(f"tiny reference: {sum(p.numel() for p in model.parameters())} parameters, vocabulary {len(tokenizer)}, "
-          f"response NLL per token after {SFT_STEPS} steps {float(loss):.2f}", flush=True)
+          f"response NLL per token after {SFT_STEPS} steps {loss.item():.2f}", flush=True)
     model.eval()
     return model
 
@@ -291,6 +292,7 @@ def main(argv=None):
     elif full:
         globals().update(FULL)
     name = "compare_losses_full" if full and not arguments.smoke else "compare_losses"
+    torch.set_num_threads(THREADS)
     started = time.time()
     from prefopt.data import get_task
     from prefopt.main_job import sequence_logps
