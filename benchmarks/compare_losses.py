@@ -67,7 +67,7 @@ TINY_LAYERS = 2
 SFT_STEPS = 200
 SFT_BATCH = 16
 SFT_LEARNING_RATE = 3e-3
-FULL = {"MODEL": "default", "THREADS": torch.get_num_threads(), "SEEDS": [0, 1, 2, 3, 4], "STEPS": 200, "BATCH_SIZE": 8, "LEARNING_RATE": 5e-5,
+FULL = {"MODEL": "default", "THREADS": torch.get_num_threads(), "SEEDS": [0, 1, 2, 3, 4], "STEPS": 200, "BATCH_SIZE": 8, "LEARNING_RATE": 5e-4,
         "TRAIN_ROWS": 300, "EVAL_PROMPTS": 100, "SAMPLES": 4, "MAX_NEW_TOKENS": 128, "MAX_LENGTH": 512}
 SMOKE = {"LOSSES": ["dpo", "plackett_luce"], "SEEDS": [0, 1], "STEPS": 2, "BATCH_SIZE": 4, "TRAIN_ROWS": 16,
          "TEST_PAIRS": 8, "EVAL_PROMPTS": 3, "SAMPLES": 2, "MAX_NEW_TOKENS": 8, "SFT_STEPS": 2}
@@ -188,6 +188,9 @@ def load_reference(task):
     from prefopt.models import default_lora_config, default_model
 
     model, tokenizer = default_model()
+    if torch.cuda.is_available():  # the reference generates and scores beside the policy
+        model.to("cuda")
+    model.eval()
     return model, tokenizer, default_lora_config()
 
 
