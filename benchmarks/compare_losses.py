@@ -71,7 +71,9 @@ FULL = {"MODEL": "default", "THREADS": torch.get_num_threads(), "SEEDS": [0, 1, 
         "TRAIN_ROWS": 300, "EVAL_PROMPTS": 100, "SAMPLES": 4, "MAX_NEW_TOKENS": 128, "MAX_LENGTH": 512}
 SMOKE = {"LOSSES": ["dpo", "plackett_luce"], "SEEDS": [0, 1], "STEPS": 2, "BATCH_SIZE": 4, "TRAIN_ROWS": 16,
          "TEST_PAIRS": 8, "EVAL_PROMPTS": 3, "SAMPLES": 2, "MAX_NEW_TOKENS": 8, "SFT_STEPS": 2}
-ONLINE_MODULES = {"fdpg": "prefopt.online.fdpg", "inpo": "prefopt.online.rounds", "vpo (online)": "prefopt.online.rounds"}
+# where each online method's driver lives (any of the names; built in parallel branches)
+ONLINE_MODULES = {"fdpg": ("prefopt.fdpg", "prefopt.online.fdpg"), "inpo": ("prefopt.online.rounds",),
+                  "vpo (online)": ("prefopt.online.rounds",)}
 
 
 def plan(task):
@@ -103,11 +105,13 @@ def plan(task):
 def online_status():
     """Whether each online method's driver exists in this checkout ("not yet" otherwise)."""
     status = {}
-    for method, module in ONLINE_MODULES.items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:  # prefopt.online is still a module, not a package
-            found = False
+    for method, modules in ONLINE_MODULES.items():
+        found = False
+        for module in modules:
+            try:
+                found = found or importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:  # prefopt.online is still a module, not a package
+                pass
         status[method] = "driver present, not run by this script yet" if found else "not yet (its driver is not in this branch)"
     return status
 
