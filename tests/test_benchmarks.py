@@ -36,7 +36,7 @@ def run_smoke(script, tmp_path, monkeypatch):
 
 
 # Studies sharing benchmarks/_reporting.py's result layout (seeds, intervals); the others have their own test below.
-STUDIES = ["kwise_efficiency", "noise_robustness", "rpo_overoptimisation"]
+STUDIES = ["compare_losses", "kwise_efficiency", "noise_robustness", "rpo_overoptimisation"]
 OWN_SMOKE_TESTS = ["large_source_memory", "throughput"]
 
 
@@ -138,6 +138,32 @@ def test_large_source_memory_smoke_runs_and_reports(tmp_path, monkeypatch):
     assert report["smoke"] is True and report["environment"]["pyarrow"]
     assert (tmp_path / "large_source_memory.md").read_text().startswith("Peak memory of load_preferences")
     assert (tmp_path / "large_source_memory.png").stat().st_size > 0
+def test_compare_losses_takes_its_losses_from_the_registry(monkeypatch):
+    """Which losses train, and on which rows, comes from trainable_losses and the field providers."""
+    from prefopt.data import get_task
+    from prefopt.losses import get_loss, list_losses
+    from prefopt.main_job import trainable_losses
+
+    benchmark = load("compare_losses", monkeypatch)
+    runs, skipped = benchmark.plan(get_task("sentiment"))
+    trained = dict(runs)
+    assert set(trained) == set(trainable_losses("sentiment"))
+    assert set(trained) | {loss for loss, _ in skipped} == set(list_losses())
+    assert {loss for loss, form in runs if form == "kwise"} == {n for n in trained if get_loss(n).responses == "ranked"}
+    assert trained["plackett_luce"] == "kwise" and trained["dpo"] == "pairwise"
+    assert all("no field provider" in why for _, why in skipped)  # the online methods, and why
+
+
+@pytest.mark.slow
+def test_compare_losses_reports_every_planned_loss_and_the_rest(tmp_path, monkeypatch):
+    benchmark, report = run_smoke("compare_losses", tmp_path, monkeypatch)
+    assert {row["loss"] for row in report["summary"]} == set(benchmark.SMOKE["LOSSES"])
+    assert len(report["runs"]) == len(benchmark.SMOKE["LOSSES"]) * len(benchmark.SMOKE["SEEDS"])
+    assert all(0.0 <= run["win_rate"] <= 1.0 and run["peak_memory_gib"] > 0 for run in report["runs"])
+    assert {entry["loss"] for entry in report["not_trained"]} >= {"fdpg", "inpo", "bvpo"} or not report["not_trained"]
+    assert set(report["online"]) == set(benchmark.ONLINE_MODULES)
+
+
 def readme_section(name="benchmarks"):
     match = re.search(rf"<!-- {name}:start -->(.*?)<!-- {name}:end -->", (ROOT / "README.md").read_text(), flags=re.DOTALL)
     assert match, f"README has no {name} section"
