@@ -71,6 +71,7 @@ def test_rewards_and_oracles_are_told_apart(judge, oracle):
 # ------------------------------------------------------------------------------------- in the trainer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reference_kind", ["ref_model", "peft", "initial_copy"])
 def test_win_rate_against_an_unmoved_reference_is_one_half_all_ties(tmp_path, reference_kind):
     # learning rate 0: the policy is its reference, both sample with the same seed, so every pair ties
@@ -134,6 +135,7 @@ class _KillAt(TrainerCallback):
             raise _Killed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_callback", [
     lambda: WinRateCallback(PROMPTS, FunctionReward(lambda p, r: float(len(r))), every_n_steps=1, max_new_tokens=4),
     lambda: SampleTableCallback(PROMPTS, every_n_steps=1, max_new_tokens=4),
