@@ -7,6 +7,11 @@
 Both need the trainer itself (to evaluate, to reach the reference model); `prefopt.Trainer` hands it
 over by calling `bind_trainer(trainer)` after construction. Any other `TrainerCallback` works unchanged.
 
+Sampling callbacks (generation with `prefopt.online.generate`, judged by `prefopt.rewards`):
+
+    WinRateCallback(prompts, reward_or_oracle, every_n_steps=100, n=1)   # logs win_rate and its interval
+    SampleTableCallback(prompts, every_n_steps=100)                      # completions as a tracker table
+
 Running state lives with its owner and is checkpointed: a `StatefulCallback` (``state_dict`` /
 ``load_state_dict``) is saved in every checkpoint folder and restored by
 ``trainer.train(resume_from_checkpoint=...)``, so a resumed run continues exactly as the uninterrupted
