@@ -1,8 +1,8 @@
 """Progress bars for prefopt's long-running loops (tqdm, as transformers uses).
 
 A bar appears only when it helps: on a terminal (tqdm's own rule: quiet when the output is not a TTY)
-or in a notebook, only once the work has run for ``DELAY_SECONDS`` (a fast call prints nothing), and
-never when disabled: per call (``progress=False``), for the process by the environment variable
+or in a notebook, from the start of the work (a bar only updates between batches, and one batch of
+the default model can take ten seconds; ``leave=False`` clears it when done), and never when disabled: per call (``progress=False``), for the process by the environment variable
 ``PREFOPT_DISABLE_PROGRESS_BARS=1``, or through transformers' switch
 (``transformers.utils.logging.disable_progress_bar()``), which also silences the Trainer's own bar.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-DELAY_SECONDS = 2.0
+DELAY_SECONDS = 0.0  # seconds before a bar first shows
 ENVIRONMENT_SWITCH = "PREFOPT_DISABLE_PROGRESS_BARS"
 
 

@@ -146,8 +146,7 @@ def score(
 
     Prompts are text or message lists, responses text or assistant message lists, tokenised by `encode`.
     A prompt + response longer than ``max_length`` raises (naming the row) instead of being cut.
-    A call running longer than a couple of seconds shows a progress bar (``desc``, rows scored) on a
-    terminal or in a notebook; ``progress=False`` or ``PREFOPT_DISABLE_PROGRESS_BARS=1`` keeps it quiet.
+    A progress bar (``desc``, rows scored, cleared when done) shows on a terminal or in a notebook; ``progress=False`` or ``PREFOPT_DISABLE_PROGRESS_BARS=1`` keeps it quiet.
     """
     from prefopt._progress import progress_bar
 

@@ -1,5 +1,6 @@
 """Progress on long work: prefopt.logprobs.score (held-out evaluation, every scorer) shows a tqdm bar on a
-terminal, and stays quiet off a terminal, for fast calls, per call, and when switched off for the process."""
+terminal, and stays quiet off a terminal, when asked to wait longer than the call, per call, and when
+switched off for the process."""
 
 import io
 import sys
