@@ -7,6 +7,11 @@
 Both need the trainer itself (to evaluate, to reach the reference model); `prefopt.Trainer` hands it
 over by calling `bind_trainer(trainer)` after construction. Any other `TrainerCallback` works unchanged.
 
+Sampling callbacks (generation with `prefopt.online.generate`, judged by `prefopt.rewards`):
+
+    WinRateCallback(prompts, reward_or_oracle, every_n_steps=100, n=1)   # logs win_rate and its interval
+    SampleTableCallback(prompts, every_n_steps=100)                      # completions as a tracker table
+
 Running state lives with its owner and is checkpointed: a `StatefulCallback` (``state_dict`` /
 ``load_state_dict``) is saved in every checkpoint folder and restored by
 ``trainer.train(resume_from_checkpoint=...)``, so a resumed run continues exactly as the uninterrupted
@@ -194,3 +199,315 @@ class RewardShiftCallback(LossStateCallback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.count, self.mean = int(state["count"]), float(state["mean"])
+
+
+# ----------------------------------------------------------------------------- sampling callbacks
+
+
+def _unwrapped_policy(trainer):
+    return trainer.accelerator.unwrap_model(trainer.model)
+
+
+def _check_sampling_options(name: str, prompts, every_n_steps: int, n: int) -> list:
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError(f"{name} needs at least one prompt")
+    if every_n_steps < 1 or n < 1:
+        raise ValueError(f"{name}: every_n_steps and n must be >= 1, got {every_n_steps} and {n}")
+    return prompts
+
+
+def _is_oracle(judge) -> bool:
+    """An oracle takes (prompts, first, second); a reward takes (prompts, responses)."""
+    import inspect
+
+    from prefopt.rewards import BradleyTerryOracle, JudgeOracle
+
+    if isinstance(judge, (BradleyTerryOracle, JudgeOracle)):
+        return True
+    try:
+        parameters = inspect.signature(judge).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return len(positional) >= 3
+
+
+def wilson_interval(wins: float, count: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a win rate (``wins`` may be fractional: a tie counts half)."""
+    if count < 1:
+        raise ValueError("wilson_interval needs at least one comparison")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + confidence / 2, dtype=torch.float64)).item()
+    rate = wins / count
+    centre = (rate + z * z / (2 * count)) / (1 + z * z / count)
+    half = z * ((rate * (1 - rate) / count + z * z / (4 * count * count)) ** 0.5) / (1 + z * z / count)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def win_outcomes(judge, prompts, policy_responses, reference_responses, *, oracle: bool | None = None) -> torch.Tensor:
+    """Per comparison, the policy's win in [0, 1]: under a reward 1 / 0.5 (tie) / 0; under an oracle its
+    P(policy > reference) (0.5 for a coin flip, so a tie counts half either way)."""
+    oracle = _is_oracle(judge) if oracle is None else oracle
+    if oracle:
+        return torch.as_tensor(judge(prompts, policy_responses, reference_responses), dtype=torch.float64).reshape(-1)
+    values = torch.as_tensor(judge(list(prompts) * 2, list(policy_responses) + list(reference_responses)), dtype=torch.float64)
+    values = values.reshape(-1)
+    policy, reference = values[: len(prompts)], values[len(prompts) :]
+    return (policy > reference).double() + 0.5 * (policy == reference).double()
+
+
+class WinRateCallback(StatefulCallback):
+    """Every ``every_n_steps`` steps, the policy's win rate against the reference on held-out prompts.
+
+    Samples ``n`` responses per prompt from the policy and from the reference with
+    `prefopt.online.generate` (same seed per evaluation, so both sides draw the same random numbers),
+    judges each (policy, reference) pair under ``judge`` (any `prefopt.rewards` reward ``(prompts,
+    responses) -> [N]`` or oracle ``(prompts, first, second) -> P(first > second)``), and logs through the
+    trainer's log (so every ``report_to`` tracker gets it) ``{prefix}`` (the mean win, ties count half),
+    ``{prefix}_ci_low`` / ``{prefix}_ci_high`` (Wilson interval at ``confidence``, treating every
+    comparison as independent), ``{prefix}_ties`` (reward ties) and ``{prefix}_count``.
+
+    The reference is ``reference`` when given, else the trainer's ``ref_model``, else (PEFT) the policy with
+    its adapter disabled, else a frozen copy of the policy taken when the trainer is built. ``self.history``
+    keeps (step, metrics) and is checkpointed; the evaluation at step ``s`` samples with seed ``seed + s``, so a
+    resumed run logs what the uninterrupted one would.
+    """
+
+    def __init__(
+        self,
+        prompts,
+        judge,
+        *,
+        every_n_steps: int = 100,
+        n: int = 1,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 8,
+        confidence: float = 0.95,
+        reference=None,
+        metric_key_prefix: str = "win_rate",
+    ):
+        self.prompts = _check_sampling_options("WinRateCallback", prompts, every_n_steps, n)
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"WinRateCallback: confidence must be in (0, 1), got {confidence}")
+        self.judge, self.oracle = judge, _is_oracle(judge)
+        self.every_n_steps, self.n, self.confidence, self.seed = every_n_steps, n, confidence, seed
+        self.sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "batch_size": batch_size}
+        self.reference, self.metric_key_prefix = reference, metric_key_prefix
+        self.trainer = None
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def bind_trainer(self, trainer) -> None:
+        self.trainer = trainer
+        if self.reference is None and trainer.ref_model is None and not is_peft_model(_unwrapped_policy(trainer)):
+            import copy
+
+            # a reference-free loss keeps no reference: compare against the policy as it starts
+            self.reference = copy.deepcopy(_unwrapped_policy(trainer)).eval().requires_grad_(False)
+
+    def _reference_samples(self, seed: int) -> list[list[str]]:
+        from trl.trainer.utils import use_adapter
+
+        from prefopt.online import generate
+
+        tokenizer = self.trainer.processing_class
+        model, context = self.reference, None
+        if model is None and self.trainer.ref_model is not None:
+            model = self.trainer.accelerator.unwrap_model(self.trainer.ref_model)
+        if model is None:  # PEFT: the base model under the policy's adapter
+            model = _unwrapped_policy(self.trainer)
+            context = use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)
+        with context if context is not None else torch.no_grad():
+            return generate(model, tokenizer, self.prompts, n=self.n, seed=seed, progress=False, **self.sampling)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Sample both sides, judge them, log and return the metrics (also called by `on_step_end`)."""
+        from prefopt.online import generate
+
+        if self.trainer is None:
+            raise RuntimeError("WinRateCallback needs prefopt.Trainer (which calls bind_trainer)")
+        seed = self.seed + step
+        policy = generate(_unwrapped_policy(self.trainer), self.trainer.processing_class, self.prompts, n=self.n,
+                          seed=seed, progress=False, **self.sampling)
+        reference = self._reference_samples(seed)
+        prompts = [prompt for prompt, samples in zip(self.prompts, policy) for _ in samples]
+        policy_flat = [text for samples in policy for text in samples]
+        reference_flat = [text for samples in reference for text in samples]
+        outcomes = win_outcomes(self.judge, prompts, policy_flat, reference_flat, oracle=self.oracle)
+        if not torch.isfinite(outcomes).all() or ((outcomes < 0) | (outcomes > 1)).any():
+            raise ValueError(f"WinRateCallback: the judge gave outcomes outside [0, 1] or NaN at step {step}: {outcomes.tolist()}")
+        low, high = wilson_interval(outcomes.sum().item(), outcomes.numel(), self.confidence)
+        prefix = self.metric_key_prefix
+        metrics = {
+            prefix: outcomes.mean().item(),
+            f"{prefix}_ci_low": low,
+            f"{prefix}_ci_high": high,
+            f"{prefix}_ties": int((outcomes == 0.5).sum().item()),
+            f"{prefix}_count": outcomes.numel(),
+        }
+        _log(self.trainer, metrics)
+        self.history.append((step, metrics))
+        return metrics
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every_n_steps == 0:
+            self.evaluate(state.global_step)
+        return control
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [(step, dict(metrics)) for step, metrics in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [(int(step), dict(metrics)) for step, metrics in state["history"]]
+
+
+def _log(trainer, metrics: dict[str, float]) -> None:
+    """Log through transformers' Trainer.log (history + every report_to tracker) without flushing the
+    training metrics TRL's log accumulates for the next logging step."""
+    from transformers import Trainer as TransformersTrainer
+
+    TransformersTrainer.log(trainer, dict(metrics))
+
+
+class SampleTableCallback(StatefulCallback):
+    """Every ``every_n_steps`` steps, sample the policy on ``prompts`` and log the completions as a table.
+
+    Rows are ``step, prompt, sample, completion`` (plus ``reward`` when a ``reward`` is given), and the
+    table holds every row logged so far (the rows are checkpointed, so a resumed run continues it). It
+    goes to each tracker in ``report_to`` (default: the trainer's ``args.report_to``), imported lazily:
+    ``wandb`` (a ``wandb.Table`` under ``table_name``), ``trackio`` (a ``trackio.Table``),
+    ``tensorboard`` (a markdown table as text, through transformers' TensorBoard writer). When none of
+    them takes it (no tracker, or only trackers without tables), or when ``jsonl_path`` is given, the rows
+    are appended to a JSONL file (default ``{output_dir}/{table_name}.jsonl``). ``self.rows`` holds them.
+    """
+
+    TRACKERS = ("wandb", "trackio", "tensorboard")
+
+    def __init__(
+        self,
+        prompts,
+        *,
+        every_n_steps: int = 100,
+        n: int = 1,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 8,
+        reward=None,
+        report_to: list[str] | str | None = None,
+        table_name: str = "samples",
+        jsonl_path: str | None = None,
+    ):
+        self.prompts = _check_sampling_options("SampleTableCallback", prompts, every_n_steps, n)
+        self.every_n_steps, self.n, self.seed, self.reward = every_n_steps, n, seed, reward
+        self.sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "batch_size": batch_size}
+        self.report_to = [report_to] if isinstance(report_to, str) else report_to
+        self.table_name, self.jsonl_path = table_name, jsonl_path
+        self.trainer = None
+        self.rows: list[dict[str, Any]] = []
+
+    @property
+    def columns(self) -> list[str]:
+        return ["step", "prompt", "sample", "completion"] + (["reward"] if self.reward is not None else [])
+
+    def bind_trainer(self, trainer) -> None:
+        self.trainer = trainer
+        if self.report_to is None:
+            self.report_to = [name for name in (trainer.args.report_to or []) if name not in ("none", "all")]
+            if "all" in (trainer.args.report_to or []):
+                self.report_to = list(self.TRACKERS)
+
+    def sample(self, step: int) -> list[dict[str, Any]]:
+        """This step's rows (sampled with seed ``seed + step``); also called by `on_step_end`."""
+        from prefopt.online import generate
+
+        if self.trainer is None:
+            raise RuntimeError("SampleTableCallback needs prefopt.Trainer (which calls bind_trainer)")
+        samples = generate(_unwrapped_policy(self.trainer), self.trainer.processing_class, self.prompts, n=self.n,
+                           seed=self.seed + step, progress=False, **self.sampling)
+        rows = [
+            {"step": step, "prompt": _as_text(prompt), "sample": k, "completion": completion}
+            for prompt, completions in zip(self.prompts, samples)
+            for k, completion in enumerate(completions)
+        ]
+        if self.reward is not None and rows:
+            prompts = [prompt for prompt, completions in zip(self.prompts, samples) for _ in completions]
+            values = torch.as_tensor(self.reward(prompts, [row["completion"] for row in rows]), dtype=torch.float64).reshape(-1)
+            for row, value in zip(rows, values.tolist()):
+                row["reward"] = value
+        return rows
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every_n_steps == 0:
+            rows = self.sample(state.global_step)
+            self.rows.extend(rows)
+            if state.is_world_process_zero:
+                self.publish(rows, state.global_step)
+        return control
+
+    def publish(self, new_rows: list[dict[str, Any]], step: int) -> list[str]:
+        """Send the table to the trackers; returns where it went (tracker names and/or the JSONL path)."""
+        destinations = []
+        data = [[row.get(column) for column in self.columns] for row in self.rows]
+        for tracker in self.report_to or []:
+            if tracker == "wandb":
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.run.log({self.table_name: wandb.Table(columns=self.columns, data=data)})
+                    destinations.append("wandb")
+            elif tracker == "trackio":
+                import trackio
+
+                trackio.log({self.table_name: trackio.Table(columns=self.columns, data=data)})
+                destinations.append("trackio")
+            elif tracker == "tensorboard":
+                writer = _tensorboard_writer(self.trainer)
+                if writer is not None:
+                    writer.add_text(self.table_name, _markdown_table(self.columns, data), step)
+                    destinations.append("tensorboard")
+        if self.jsonl_path is not None or not destinations:
+            import json
+            import os
+
+            path = self.jsonl_path or os.path.join(self.trainer.args.output_dir, f"{self.table_name}.jsonl")
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "a", encoding="utf-8") as file:
+                for row in new_rows:
+                    file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            destinations.append(path)
+        return destinations
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(row) for row in self.rows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = [dict(row) for row in state["rows"]]
+
+
+def _as_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{message.get('role', '?')}: {message.get('content', '')}" for message in prompt)
+
+
+def _tensorboard_writer(trainer):
+    for callback in trainer.callback_handler.callbacks:
+        writer = getattr(callback, "tb_writer", None)
+        if writer is not None:
+            return writer
+    return None
+
+
+def _markdown_table(columns: list[str], data: list[list[Any]]) -> str:
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", "<br>")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in data]
+    return "\n".join(lines)

@@ -143,12 +143,17 @@ def score(
     *,
     batch_size: int = 16,
     max_length: int | None = None,
+    progress: bool = True,
+    desc: str = "scoring",
 ) -> SequenceLogProbs:
     """Sequence log-probs of ``responses[i]`` after ``prompts[i]`` under ``model`` (eval mode, no grad).
 
     Prompts are text or message lists, responses text or assistant message lists, tokenised by `encode`.
     A prompt + response longer than ``max_length`` raises (naming the row) instead of being cut.
+    A progress bar (``desc``, rows scored, cleared when done) shows on a terminal or in a notebook; ``progress=False`` or ``PREFOPT_DISABLE_PROGRESS_BARS=1`` keeps it quiet.
     """
+    from prefopt._progress import progress_bar
+
     if len(prompts) != len(responses):
         raise ValueError(f"score: {len(prompts)} prompts but {len(responses)} responses")
     sequences = []
@@ -165,11 +170,13 @@ def score(
     model.eval()
     logps, lengths = [], []
     try:
-        for start in range(0, len(sequences), batch_size):
-            batch = pad_sequences(sequences[start : start + batch_size], pad_token_id)
-            result = sequence_logps(model, {key: value.to(device) for key, value in batch.items()})
-            logps.append(result.logps.float().cpu())
-            lengths.append(result.lengths.cpu())
+        with progress_bar(len(sequences), desc, enabled=progress, unit="row") as bar:
+            for start in range(0, len(sequences), batch_size):
+                batch = pad_sequences(sequences[start : start + batch_size], pad_token_id)
+                result = sequence_logps(model, {key: value.to(device) for key, value in batch.items()})
+                logps.append(result.logps.float().cpu())
+                lengths.append(result.lengths.cpu())
+                bar.update(len(batch["input_ids"]))
     finally:
         model.train(was_training)
     if not logps:

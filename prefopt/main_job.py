@@ -38,14 +38,16 @@ SEED = 0
 OUTPUT_DIR = "outputs/main"
 
 
-def sequence_logps(model, tokenizer, rows: Sequence[dict], batch_size: int = EVAL_BATCH_SIZE) -> dict[str, torch.Tensor]:
+def sequence_logps(
+    model, tokenizer, rows: Sequence[dict], batch_size: int = EVAL_BATCH_SIZE, desc: str = "held-out scoring"
+) -> dict[str, torch.Tensor]:
     """Summed response log-probs and response lengths, ``{"chosen": [N], "rejected": [N], "*_tokens": [N]}``,
     by `prefopt.logprobs.score` (the trainer's routine and tokenisation)."""
     from prefopt.logprobs import score
 
     prompts = [row["prompt"] for row in rows for _ in ("chosen", "rejected")]
     responses = [row[key] for row in rows for key in ("chosen", "rejected")]
-    result = score(model, tokenizer, prompts, responses, batch_size=batch_size)
+    result = score(model, tokenizer, prompts, responses, batch_size=batch_size, desc=desc)  # a progress bar on a terminal
     logps, lengths = result.logps, result.lengths
     return {"chosen": logps[0::2], "rejected": logps[1::2], "chosen_tokens": lengths[0::2], "rejected_tokens": lengths[1::2]}
 
@@ -153,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"[2/5] held-out evaluation before training ({len(test_rows)} pairs of task {options.task!r})", flush=True)
     evaluation_started = time.time()
     # The reference (adapter-disabled base) never changes, and before training the policy equals it.
-    reference_logps = sequence_logps(model, tokenizer, test_rows)
+    reference_logps = sequence_logps(model, tokenizer, test_rows, desc="held-out, before")
     # an explicit --beta goes to the loss; unset, the loss trains with its own default beta
     beta = options.beta if options.beta is not None else get_loss(options.loss).hyperparameters.get("beta", BETA)
     before = preference_metrics(reference_logps, reference_logps, beta=beta)
@@ -186,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     training_seconds = time.time() - training_started
 
     print("[4/5] held-out evaluation after training", flush=True)
-    policy_logps = sequence_logps(model, tokenizer, test_rows)
+    policy_logps = sequence_logps(model, tokenizer, test_rows, desc="held-out, after")
     after = preference_metrics(policy_logps, reference_logps, beta=beta)
 
     print(f"[5/5] saving the adapter and metrics.json to {output_dir}", flush=True)
