@@ -36,6 +36,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import create_model_from_path, get_config_model_id, use_adapter
 
 from prefopt import packing, reference_cache
+from prefopt._finite import NonFiniteError, check_gradients, check_inputs, check_losses
 from prefopt._oom import advise_on_out_of_memory
 from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpointing_warnings_ignored
 from prefopt._trainer_data import PreferenceCollator, is_kwise_example, tokenize_kwise
@@ -125,6 +126,9 @@ class Trainer(DPOTrainer):
         self._check_loss_can_be_served(first_example)
         needs_reference = self.preference_loss.needs_reference
         self._reference_hits = self._reference_misses = 0
+        self._nonfinite_skipped = self._nonfinite_skipped_logged = 0  # batches skipped with on_nonfinite="skip"
+        self._skipping_batch = False
+        self._batches_trained_since_log = 0
         self.dropped_rows: dict[str, int] = {}  # dataset name -> rows filtered out during preparation
 
         # TRL would reload the reference from `model.config._name_or_path`, which an in-memory model does not have.
@@ -455,11 +459,19 @@ class Trainer(DPOTrainer):
             fields.update((name, value.to(policy.logps.dtype)) for name, value in provided.items())
         if self.args.use_weighting:
             fields["weights"] = self._example_weights(outputs, inputs, response_index).to(policy.logps.dtype)
-        batch = LogProbs(**fields)
-        per_component = self.preference_loss.components_per_example(batch, per_loss=self.step_hyperparameters())
-        loss = 0.0
-        for spec, weight in self.preference_loss.components:
-            loss += per_component[spec.name].mean() * weight
+        step = self.state.global_step + (mode == "train")  # the optimizer step this batch belongs to
+        try:
+            check_inputs(step, fields, context=mode)
+            batch = LogProbs(**fields)
+            per_component = self.preference_loss.components_per_example(batch, per_loss=self.step_hyperparameters())
+            loss = 0.0
+            for spec, weight in self.preference_loss.components:
+                loss = loss + per_component[spec.name].mean() * weight
+            check_losses(step, per_component, loss, context=mode)
+        except NonFiniteError as error:
+            if mode != "train" or self.args.on_nonfinite != "skip":
+                raise
+            return self._skip_batch(error, policy.logps, outputs, return_outputs)
         if mode == "train":
             detached = LogProbs(**{name: value.detach() for name, value in fields.items()})
             for callback in self._loss_state_callbacks():
@@ -472,6 +484,14 @@ class Trainer(DPOTrainer):
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**model_inputs(inputs), use_cache=False)
+        return (loss, outputs) if return_outputs else loss
+
+    def _skip_batch(self, error: NonFiniteError, policy_logps: torch.Tensor, outputs, return_outputs):
+        """on_nonfinite="skip": a zero loss with no gradient into the model; training_step reports it as NaN."""
+        self._nonfinite_skipped += 1
+        self._skipping_batch = True
+        logger.warning("skipping a batch (on_nonfinite='skip', %d skipped so far): %s", self._nonfinite_skipped, error)
+        loss = torch.zeros((), device=policy_logps.device, dtype=policy_logps.dtype, requires_grad=True)
         return (loss, outputs) if return_outputs else loss
 
     # ----------------------------------------------------------------------------------- loss state
@@ -580,9 +600,25 @@ class Trainer(DPOTrainer):
             self._eval_prefix = "eval"
 
     def training_step(self, *args, **kwargs):
-        """TRL's step; an out-of-memory error comes back with advice for this run (batch size, checkpointing, ...)."""
+        """TRL's step, guarded: an out-of-memory error comes back with advice for this run (batch size,
+        checkpointing, ...); a non-finite value stops training or, with on_nonfinite="skip", skips the batch
+        (its loss reads NaN, which transformers' `logging_nan_inf_filter` keeps out of the logged mean)."""
+        self._skipping_batch = False
         with advise_on_out_of_memory(self):
-            return super().training_step(*args, **kwargs)
+            loss = super().training_step(*args, **kwargs)
+        if self._skipping_batch:
+            return torch.full_like(loss, float("nan"))
+        try:
+            check_gradients(self.state.global_step + 1, self.model.named_parameters())
+        except NonFiniteError as error:
+            if self.args.on_nonfinite != "skip":
+                raise
+            self._nonfinite_skipped += 1
+            logger.warning("skipping the accumulated gradient of this step (on_nonfinite='skip'): %s", error)
+            self.model.zero_grad(set_to_none=True)
+            return torch.full_like(loss, float("nan"))
+        self._batches_trained_since_log += 1
+        return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
@@ -590,5 +626,13 @@ class Trainer(DPOTrainer):
         if mode == "eval":
             metrics = {f"{self._eval_prefix}_{key}": value for key, value in metrics.items()}
         logs.update(metrics)
+        if mode == "train" and "loss" in logs:
+            skipped = self._nonfinite_skipped - self._nonfinite_skipped_logged
+            self._nonfinite_skipped_logged = self._nonfinite_skipped
+            if self.args.on_nonfinite == "skip":
+                logs["nonfinite_skipped"] = self._nonfinite_skipped
+            if skipped and not self._batches_trained_since_log:
+                logs["loss"] = float("nan")  # every batch since the last log was skipped: no loss to report, not 0.0
+            self._batches_trained_since_log = 0
         super(DPOTrainer, self).log(logs, start_time)
         self._metrics[mode].clear()
