@@ -61,6 +61,13 @@ def _as_prefopt_config(args: DPOConfig) -> PrefOptConfig:
     return PrefOptConfig(**values)
 
 
+def _first_row(dataset, name: str) -> dict[str, Any]:
+    try:
+        return next(iter(dataset))
+    except StopIteration:
+        raise ValueError(f"the {name} dataset has 0 rows; nothing to train on") from None
+
+
 class Trainer(DPOTrainer):
     """Drop-in for `trl.DPOTrainer` training any registered loss; same constructor arguments.
 
@@ -117,13 +124,18 @@ class Trainer(DPOTrainer):
             f_alpha_divergence_coef=args.f_alpha_divergence_coef,
         )
         self.loss_hyperparameters = args.loss_hyperparameters()
-        first_example = next(iter(train_dataset))
+        first_example = _first_row(train_dataset, "train")
         if "image" in first_example or "images" in first_example:
             raise NotImplementedError("prefopt.Trainer handles text datasets only; use trl.DPOTrainer for vision data")
         self.kwise_data = is_kwise_example(first_example)
         self.field_providers = resolve_providers(field_providers)
         self._given_providers = list(field_providers or ())
         self._check_loss_can_be_served(first_example)
+        train_dataset = self._check_every_row(train_dataset, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {key: self._check_every_row(value, f"eval {key!r}") for key, value in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = self._check_every_row(eval_dataset, "eval")
         needs_reference = self.preference_loss.needs_reference
         self._reference_hits = self._reference_misses = 0
         self._nonfinite_skipped = self._nonfinite_skipped_logged = 0  # batches skipped with on_nonfinite="skip"
@@ -235,6 +247,61 @@ class Trainer(DPOTrainer):
         for provider in self._given_providers:
             provider.check(example, self.kwise_data, names)
 
+    def _row_problem(self, example: dict[str, Any]) -> str | None:
+        """Why this row cannot feed the loss (layout other than the first row's, a missing field value), or None."""
+        kwise = example.get("completions") is not None or example.get("completions_ids") is not None
+        pair = any(example.get(column) is not None for column in ("chosen", "rejected", "chosen_ids", "rejected_ids"))
+        if kwise and pair:
+            return "the row has both `completions` (K-wise) and `chosen`/`rejected` (pairwise) values"
+        if kwise != self.kwise_data or not (kwise or pair):
+            found = "K-wise `completions`" if kwise else "pairwise `chosen`/`rejected`" if pair else "no responses"
+            expected = "K-wise `completions`" if self.kwise_data else "pairwise `chosen`/`rejected`"
+            return f"the row has {found}, the first row {expected} (one dataset holds one layout)"
+        names = list(self.preference_loss.names)
+        for provider in self._row_providers():
+            try:
+                provider.check(example, self.kwise_data, names)
+            except ValueError as error:
+                return str(error)
+        return None
+
+    def _row_providers(self) -> list[FieldProvider]:
+        needed = [self.field_providers[f] for f in self.preference_loss.required_fields if f not in STEP_FIELDS]
+        return list({id(provider): provider for provider in [*needed, *self._given_providers]}.values())
+
+    def _check_every_row(self, dataset, name: str):
+        """Check every row before training (map-style: all now; iterable: each row as it streams), naming the rows."""
+        if isinstance(dataset, IterableDataset):
+            def check(example, index):
+                problem = self._row_problem(example)
+                if problem:
+                    raise ValueError(f"{name} dataset, row {index}: {problem}")
+                return example
+
+            return dataset.map(check, with_indices=True)
+        if not isinstance(dataset, Dataset):
+            return dataset
+        if len(dataset) == 0:
+            raise ValueError(f"the {name} dataset has 0 rows; nothing to train or evaluate on")
+        read = {"completions", "completions_ids", "chosen", "rejected", "chosen_ids", "rejected_ids", "prompt"}
+        for provider in self._row_providers():
+            read.update(provider.columns())
+        subset = dataset.select_columns([column for column in dataset.column_names if column in read])
+        problems: dict[str, list[int]] = {}
+        for index, example in enumerate(subset):
+            problem = self._row_problem(example)
+            if problem:
+                problems.setdefault(problem, []).append(index)
+        if problems:
+            lines = [
+                f"  rows {rows[:10]}{f' and {len(rows) - 10} more' if len(rows) > 10 else ''}: {problem}"
+                for problem, rows in problems.items()
+            ]
+            total = sum(len(rows) for rows in problems.values())
+            raise ValueError(f"the {name} dataset has {total} of {len(dataset)} rows the loss cannot train on:\n"
+                             + "\n".join(lines))
+        return dataset
+
     # ------------------------------------------------------------------------------------------ data
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -244,6 +311,11 @@ class Trainer(DPOTrainer):
         if rows_before is not None:
             dropped = rows_before - len(prepared)
             self.dropped_rows[dataset_name] = dropped
+            if rows_before and not len(prepared):
+                raise ValueError(
+                    f"{dataset_name} dataset: all {rows_before} rows were dropped because the prompt alone fills "
+                    f"max_length={args.max_length} tokens; raise max_length or shorten the prompts"
+                )
             if dropped:
                 logger.warning(
                     "%s dataset: dropped %d of %d rows whose prompt alone fills max_length=%s tokens "
@@ -253,7 +325,7 @@ class Trainer(DPOTrainer):
         return prepared
 
     def _tokenize(self, dataset, processing_class, args, dataset_name):
-        first_example = next(iter(dataset))
+        first_example = _first_row(dataset, dataset_name)
         if "prompt_ids" in first_example and ("chosen_ids" in first_example or "completions_ids" in first_example):
             return dataset  # already tokenised
         if not is_kwise_example(first_example):
