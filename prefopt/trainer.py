@@ -42,6 +42,7 @@ from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpoint
 from prefopt._trainer_data import PreferenceCollator, is_kwise_example, tokenize_kwise
 from prefopt.config import PrefOptConfig
 from prefopt.fields import REFERENCE_COLUMNS, STEP_FIELDS, FieldProvider, as_matrix, resolve_providers
+from prefopt.summary import TRUNCATION_REASONS, truncation_reasons
 from prefopt.logprobs import SequenceLogProbs, model_inputs, preference_accuracy, token_logps
 from prefopt.losses import LogProbs, combine_losses, length_desensitized_logps, wpo_weights
 
@@ -142,6 +143,7 @@ class Trainer(DPOTrainer):
         self._skipping_batch = False
         self._batches_trained_since_log = 0
         self.dropped_rows: dict[str, int] = {}  # dataset name -> rows filtered out during preparation
+        self.truncated_rows: dict[str, dict[str, int]] = {}  # dataset name -> rows max_length cuts, per reason
 
         # TRL would reload the reference from `model.config._name_or_path`, which an in-memory model does not have.
         if isinstance(ref_model, str):  # TRL takes only an object; load it as TRL loads its own reference
@@ -322,7 +324,40 @@ class Trainer(DPOTrainer):
                     "(raise max_length or shorten those prompts to keep them)",
                     dataset_name, dropped, rows_before, args.max_length,
                 )
-        return prepared
+        return self._report_truncation(prepared, args, dataset_name)
+
+    def _report_truncation(self, dataset, args, dataset_name):
+        """Count the rows `max_length` cuts, per reason (`prefopt.summary.truncation_reasons`), and drop those whose
+        responses truncation makes identical: they state no preference. Map-style: counted and logged now;
+        iterable: counted as rows stream (`self.truncated_rows` is live)."""
+        counts = self.truncated_rows.setdefault(dataset_name, dict.fromkeys(TRUNCATION_REASONS, 0))
+        if args.max_length is None:
+            return dataset
+        identical = "responses identical after truncation"
+
+        def keep(example) -> bool:
+            reasons = truncation_reasons(example, args.max_length, args.truncation_mode)
+            for reason in reasons:
+                counts[reason] += 1
+            return identical not in reasons
+
+        if isinstance(dataset, IterableDataset):
+            return dataset.filter(keep)
+        columns = [c for c in ("prompt_ids", "chosen_ids", "rejected_ids", "completions_ids") if c in dataset.column_names]
+        kept = [index for index, example in enumerate(dataset.select_columns(columns)) if keep(example)]
+        if any(counts.values()):
+            logger.warning(
+                "%s dataset: max_length=%s (truncation_mode=%s) cuts %s; rows whose responses become identical are "
+                "dropped (they state no preference)",
+                dataset_name, args.max_length, args.truncation_mode,
+                ", ".join(f"{count} rows: {reason}" for reason, count in counts.items() if count),
+            )
+        if len(kept) < len(dataset):
+            dataset = dataset.select(kept)
+            if not len(dataset):
+                raise ValueError(f"{dataset_name} dataset: every row's responses are identical after truncation to "
+                                 f"max_length={args.max_length}; raise max_length")
+        return dataset
 
     def _tokenize(self, dataset, processing_class, args, dataset_name):
         first_example = _first_row(dataset, dataset_name)
