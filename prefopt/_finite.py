@@ -37,6 +37,11 @@ def _bad_rows(values: torch.Tensor, mask: torch.Tensor | None = None) -> list[in
     return bad.nonzero().flatten().tolist()
 
 
+def _all_finite(tensors) -> bool:
+    checks = [torch.isfinite(t.detach()).all() for t in tensors if isinstance(t, torch.Tensor)]
+    return not checks or bool(torch.stack([check.to(checks[0].device) for check in checks]).all())
+
+
 def _describe(values: torch.Tensor, rows: list[int]) -> str:
     bad = values.detach()[rows]
     kinds = [kind for kind, hit in (("nan", bad.isnan().any()), ("inf", bad.isinf().any())) if hit]
@@ -46,10 +51,11 @@ def _describe(values: torch.Tensor, rows: list[int]) -> str:
 def check_inputs(step: int, fields: Mapping[str, torch.Tensor], *, context: str = "train") -> None:
     """Raise `NonFiniteError` for a NaN or inf in a step's `LogProbs` fields ([B, K] or [B]; padding columns,
     where ``fields["mask"]`` is False, are ignored)."""
+    floating = {name: values for name, values in fields.items() if values is not None and values.is_floating_point()}
+    if _all_finite(floating.values()):  # one device sync per step in the common case
+        return
     mask = fields.get("mask")
-    for name, values in fields.items():
-        if values is None or not values.is_floating_point():
-            continue
+    for name, values in floating.items():
         rows = _bad_rows(values, mask)
         if rows:
             raise NonFiniteError(
@@ -64,6 +70,8 @@ def check_losses(
     step: int, per_component: Mapping[str, torch.Tensor], total: torch.Tensor, *, context: str = "train"
 ) -> None:
     """Raise `NonFiniteError` for a NaN or inf in a loss component (per-example values [B]) or the total."""
+    if _all_finite([*per_component.values(), total]):
+        return
     for name, values in per_component.items():
         rows = _bad_rows(values)
         if rows:
