@@ -154,11 +154,10 @@ class PrefOptConfig(DPOConfig):
     prefix_sharing: bool = field(
         default=True,
         metadata={
-            "help": "Encode each prompt once for all its responses (2 per pair, K per ranking): one packed row "
-            "[prompt, response_1, ..., response_K] whose mask lets every response see its prompt but not its "
-            "siblings, with position ids restarting per response. Same log-probs as the plain layout up to rounding; "
-            "the policy and the reference passes both use it. Needs an eager or sdpa attention implementation; "
-            "otherwise the trainer logs why and uses the plain layout. Set False for TRL's layout."
+            "help": "Encode each prompt once for all its responses: one packed row [prompt, response_1, ..., "
+            "response_K], each response seeing its prompt but not its siblings, position ids restarting per "
+            "response. Same log-probs as the plain layout up to rounding. Needs eager or sdpa attention (else the "
+            "plain layout, logged). False: TRL's layout."
         },
     )
     padding_free: bool = field(
@@ -173,9 +172,7 @@ class PrefOptConfig(DPOConfig):
     on_nonfinite: str = field(
         default="error",
         metadata={
-            "help": "What a NaN or inf in a training step's log-probs, loss components, total loss or gradients "
-            "does: 'error' (default) stops training with an error naming the step, the value and the batch rows; "
-            "'skip' skips that batch (no update from it) and counts skips in the logs as `nonfinite_skipped`.",
+            "help": "On a NaN/inf in a step: 'error' (stop, naming it) or 'skip' (skip the batch, counted).",
             "choices": list(ON_NONFINITE),
         },
     )
