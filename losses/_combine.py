@@ -134,8 +134,8 @@ def combine_losses(
         spec = get_loss(name)
         if name in seen:
             raise ValueError(f"loss {name!r} appears more than once in the combination; give it once with its total weight")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise ValueError(f"weight of loss {name!r} must be a finite number, got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+            raise ValueError(f"weight of loss {name!r} must be a finite number > 0, got {weight!r}")
         seen.add(name)
         components.append((spec, float(weight)))
     kinds = {spec.responses for spec, _ in components}

@@ -128,6 +128,7 @@ class LossSpec:
         for name in self.required_fields:
             if getattr(batch, name) is None:
                 raise ValueError(f"loss {self.name!r} needs LogProbs.{name}, which is None")
+        self._check_finite(batch)
         num_responses = batch.num_responses
         if self.responses == "pair" and num_responses != 2:
             hint = (
@@ -143,6 +144,22 @@ class LossSpec:
             raise ValueError(f"loss {self.name!r} ranks responses and needs K >= 2, got K = {num_responses}")
         if self.responses == "single" and num_responses != 1:
             raise ValueError(f"loss {self.name!r} takes one sampled response per example (K = 1), got K = {num_responses}")
+
+    def _check_finite(self, batch: LogProbs) -> None:
+        """Refuse a NaN or inf in any floating field (padding columns, where ``batch.mask`` is False, excepted)."""
+        for name in LOGPROBS_FIELDS:
+            values = getattr(batch, name)
+            if values is None or not values.is_floating_point():
+                continue
+            bad = ~torch.isfinite(values.detach())
+            if batch.mask is not None and bad.shape == batch.mask.shape:
+                bad = bad & batch.mask
+            if bad.any():
+                rows = (bad.flatten(1).any(dim=1) if bad.dim() > 1 else bad).nonzero().flatten().tolist()
+                raise ValueError(
+                    f"loss {self.name!r}: LogProbs.{name} holds a NaN or inf in batch rows {rows}; log-probs, "
+                    "scores and weights must be finite (padding columns excluded by `mask` may hold anything)"
+                )
 
     def __call__(self, batch: LogProbs, **hyperparameters: Any) -> torch.Tensor:
         resolved = self.resolve_hyperparameters(**hyperparameters)

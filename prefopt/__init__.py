@@ -24,6 +24,7 @@ _LAZY = {
     "default_model": "prefopt.models",
     "plot_history": "prefopt.summary",
     "training_summary": "prefopt.summary",
+    "NonFiniteError": "prefopt._finite",
 }
 
 __all__ = ["__version__", *_LAZY]

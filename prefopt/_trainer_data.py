@@ -19,7 +19,8 @@ from prefopt.logprobs import encode, pad_sequences
 
 
 def is_kwise_example(example: dict[str, Any]) -> bool:
-    return "completions" in example or "completions_ids" in example
+    """Whether the row holds K-wise completions (a `completions` column whose value is None in this row does not count)."""
+    return example.get("completions") is not None or example.get("completions_ids") is not None
 
 
 def order_completions(example: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 from trl import DPOConfig
 
 from prefopt._cache import cache_root
+from prefopt._finite import ON_NONFINITE
 from prefopt.losses import combine_losses, get_loss, list_losses
 
 # DPOConfig fields that TRL passes to its losses, and the registry hyper-parameter names they fill
@@ -66,6 +67,43 @@ def parse_loss(loss: Any) -> tuple[tuple[str, float], ...]:
     if not items:
         raise ValueError(f"loss {loss!r} names no loss")
     return tuple((spec.name, weight) for spec, weight in combine_losses(items).components)
+
+
+def _convert_value(value: Any, default: Any, where: str) -> Any:
+    """A loss_kwargs value typed like the hyper-parameter's default: "0.2" -> 0.2 for a float, refused otherwise."""
+    if not isinstance(value, str) or isinstance(default, str) or default is None:
+        return value
+    if isinstance(default, bool):
+        if value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise ValueError(f"{where} must be true or false, got the string {value!r}")
+    if isinstance(default, (int, float)):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{where} must be a number, got the string {value!r}") from None
+        if isinstance(default, int) and number.is_integer():
+            return int(number)
+        return number
+    return value
+
+
+def _converted_loss_kwargs(loss_kwargs: dict, components: tuple[tuple[str, float], ...]) -> dict:
+    """`loss_kwargs` with strings (from YAML or a shell) converted to the type of each hyper-parameter's default,
+    naming the key (``loss_kwargs.epsilon``, ``loss_kwargs.sft.alpha``) when a string cannot be converted."""
+    specs = [get_loss(name) for name, _ in components]
+    names = {spec.name for spec in specs}
+    converted = {}
+    for key, value in loss_kwargs.items():
+        if key in names and isinstance(value, dict):
+            defaults = get_loss(key).hyperparameters
+            converted[key] = {
+                k: _convert_value(v, defaults.get(k), f"loss_kwargs.{key}.{k}") for k, v in value.items()
+            }
+            continue
+        default = next((spec.hyperparameters[key] for spec in specs if key in spec.hyperparameters), None)
+        converted[key] = _convert_value(value, default, f"loss_kwargs.{key}")
+    return converted
 
 
 @dataclass
@@ -116,11 +154,10 @@ class PrefOptConfig(DPOConfig):
     prefix_sharing: bool = field(
         default=True,
         metadata={
-            "help": "Encode each prompt once for all its responses (2 per pair, K per ranking): one packed row "
-            "[prompt, response_1, ..., response_K] whose mask lets every response see its prompt but not its "
-            "siblings, with position ids restarting per response. Same log-probs as the plain layout up to rounding; "
-            "the policy and the reference passes both use it. Needs an eager or sdpa attention implementation; "
-            "otherwise the trainer logs why and uses the plain layout. Set False for TRL's layout."
+            "help": "Encode each prompt once for all its responses: one packed row [prompt, response_1, ..., "
+            "response_K], each response seeing its prompt but not its siblings, position ids restarting per "
+            "response. Same log-probs as the plain layout up to rounding. Needs eager or sdpa attention (else the "
+            "plain layout, logged). False: TRL's layout."
         },
     )
     padding_free: bool = field(
@@ -132,9 +169,24 @@ class PrefOptConfig(DPOConfig):
         },
     )
 
+    on_nonfinite: str = field(
+        default="error",
+        metadata={
+            "help": "On a NaN/inf in a step: 'error' (stop, naming it) or 'skip' (skip the batch, counted).",
+            "choices": list(ON_NONFINITE),
+        },
+    )
+
     def __post_init__(self):
         if isinstance(self.loss_kwargs, str):
-            self.loss_kwargs = json.loads(self.loss_kwargs) if self.loss_kwargs.strip() else None
+            try:
+                self.loss_kwargs = json.loads(self.loss_kwargs) if self.loss_kwargs.strip() else None
+            except json.JSONDecodeError as error:
+                raise ValueError(f"loss_kwargs {self.loss_kwargs!r} is not JSON: {error}") from None
+        if self.loss_kwargs is not None and not isinstance(self.loss_kwargs, dict):
+            raise ValueError(f"loss_kwargs must be a dict (JSON object), got {self.loss_kwargs!r}")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {list(ON_NONFINITE)}, got {self.on_nonfinite!r}")
         # TRL's gradient_checkpointing (default True) is transformers' deprecated alias of activation_checkpointing;
         # passing it on under the new name keeps its meaning without a FutureWarning on every config.
         if getattr(self, "activation_checkpointing", False) is None and self.gradient_checkpointing is not None:
@@ -142,6 +194,8 @@ class PrefOptConfig(DPOConfig):
         super().__post_init__()
         if self.ref_logps_cache_dir is None:
             self.ref_logps_cache_dir = str(cache_root() / "ref_logps")
+        if self.loss_kwargs is not None:
+            self.loss_kwargs = _converted_loss_kwargs(self.loss_kwargs, self.loss_components())
         self.loss_hyperparameters()  # validates names, weights and hyper-parameters now, not at the first step
 
     def loss_components(self) -> tuple[tuple[str, float], ...]:

@@ -18,6 +18,7 @@ and, for fields no offline dataset can hold, raise with the reason (`Unavailable
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
@@ -72,6 +73,10 @@ class FieldProvider:
         return f"{type(self).__name__}({', '.join(self.fields)}: {self.source})"
 
 
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class ColumnField(FieldProvider):
     """A per-response field read from dataset columns: ``(chosen, rejected)`` for pairs, one list column for K-wise."""
 
@@ -90,6 +95,13 @@ class ColumnField(FieldProvider):
                 f"loss {list(losses)} needs LogProbs.{self.fields[0]}, read from dataset column(s) {list(columns)}; "
                 f"the dataset lacks {missing}"
             )
+        for column in columns:  # present in the schema, but this row may hold no (or a non-finite) value
+            values = example[column] if kwise else [example[column]]
+            if values is None or any(not _is_finite_number(value) for value in values):
+                raise ValueError(
+                    f"loss {list(losses)} needs LogProbs.{self.fields[0]}, read from column {column!r}, which holds "
+                    f"{example[column]!r} in this row (finite numbers needed)"
+                )
 
     def collate(self, examples, kwise, num_responses):
         if kwise:

@@ -112,6 +112,8 @@ def training_summary(trainer) -> TrainingSummary:
         truncated = count_truncated(dataset, trainer.args.max_length)
         if truncated is not None:
             rows.append(("data", f"{name} rows truncated to max_length={trainer.args.max_length}", truncated))
+        for reason, count in getattr(trainer, "truncated_rows", {}).get(name, {}).items():
+            rows.append(("data", f"{name} rows: {reason}", count))
 
     final = next((entry for entry in reversed(history) if "train_runtime" in entry), None)
     if final is not None:
@@ -148,13 +150,44 @@ def count_truncated(dataset, max_length: int | None) -> int | None:
         return None
     truncated = 0
     for example in dataset.select_columns(["prompt_ids", *response_columns]):
-        responses: list[Sequence[int]] = []
-        for column in response_columns:
-            value = example[column]
-            responses += value if column == "completions_ids" else [value]
-        prompt_length = len(example["prompt_ids"])
-        truncated += any(prompt_length + len(response) > max_length for response in responses)
+        truncated += bool(truncation_reasons(example, max_length))
     return truncated
+
+
+TRUNCATION_REASONS = ("prompt cut", "response cut", "responses identical after truncation")
+
+
+def truncation_reasons(example: Mapping[str, Any], max_length: int | None, truncation_mode: str = "keep_start") -> set[str]:
+    """What ``max_length`` cuts in one tokenised row (pairs or K-wise), as the collator truncates it.
+
+    "prompt cut": ``keep_end`` drops the start of the prompt; "response cut": tokens of a response are lost;
+    "responses identical after truncation": two responses of the row become the same token sequence, so the
+    row no longer states a preference (the trainer drops such rows).
+    """
+    if max_length is None:
+        return set()
+    if "completions_ids" in example and example["completions_ids"] is not None:
+        responses = list(example["completions_ids"])
+    else:
+        responses = [example["chosen_ids"], example["rejected_ids"]]
+    prompt = list(example["prompt_ids"])
+    reasons, kept = set(), []
+    for response in responses:
+        sequence = prompt + list(response)
+        excess = len(sequence) - max_length
+        if excess > 0:
+            if truncation_mode == "keep_end":
+                reasons.add("prompt cut")
+                if excess > len(prompt):
+                    reasons.add("response cut")
+                sequence = sequence[excess:]
+            else:
+                reasons.add("response cut")
+                sequence = sequence[:max_length]
+        kept.append(tuple(sequence))
+    if len(set(kept)) < len(kept) and len({tuple(response) for response in responses}) == len(responses):
+        reasons.add("responses identical after truncation")
+    return reasons
 
 
 def plot_history(

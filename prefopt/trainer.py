@@ -36,11 +36,13 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import create_model_from_path, get_config_model_id, use_adapter
 
 from prefopt import packing, reference_cache
+from prefopt._finite import NonFiniteError, check_gradients, check_inputs, check_losses
 from prefopt._oom import advise_on_out_of_memory
 from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpointing_warnings_ignored
 from prefopt._trainer_data import PreferenceCollator, is_kwise_example, tokenize_kwise
 from prefopt.config import PrefOptConfig
 from prefopt.fields import REFERENCE_COLUMNS, STEP_FIELDS, FieldProvider, as_matrix, resolve_providers
+from prefopt.summary import TRUNCATION_REASONS, truncation_reasons
 from prefopt.logprobs import SequenceLogProbs, model_inputs, preference_accuracy, token_logps
 from prefopt.losses import LogProbs, combine_losses, length_desensitized_logps, wpo_weights
 
@@ -58,6 +60,13 @@ def _as_prefopt_config(args: DPOConfig) -> PrefOptConfig:
     """A PrefOptConfig with the same values as a plain `trl.DPOConfig` (its `loss_type` then picks the loss)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
     return PrefOptConfig(**values)
+
+
+def _first_row(dataset, name: str) -> dict[str, Any]:
+    try:
+        return next(iter(dataset))
+    except StopIteration:
+        raise ValueError(f"the {name} dataset has 0 rows; nothing to train on") from None
 
 
 class Trainer(DPOTrainer):
@@ -116,16 +125,25 @@ class Trainer(DPOTrainer):
             f_alpha_divergence_coef=args.f_alpha_divergence_coef,
         )
         self.loss_hyperparameters = args.loss_hyperparameters()
-        first_example = next(iter(train_dataset))
+        first_example = _first_row(train_dataset, "train")
         if "image" in first_example or "images" in first_example:
             raise NotImplementedError("prefopt.Trainer handles text datasets only; use trl.DPOTrainer for vision data")
         self.kwise_data = is_kwise_example(first_example)
         self.field_providers = resolve_providers(field_providers)
         self._given_providers = list(field_providers or ())
         self._check_loss_can_be_served(first_example)
+        train_dataset = self._check_every_row(train_dataset, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {key: self._check_every_row(value, f"eval {key!r}") for key, value in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = self._check_every_row(eval_dataset, "eval")
         needs_reference = self.preference_loss.needs_reference
         self._reference_hits = self._reference_misses = 0
+        self._nonfinite_skipped = self._nonfinite_skipped_logged = 0  # batches skipped with on_nonfinite="skip"
+        self._skipping_batch = False
+        self._batches_trained_since_log = 0
         self.dropped_rows: dict[str, int] = {}  # dataset name -> rows filtered out during preparation
+        self.truncated_rows: dict[str, dict[str, int]] = {}  # dataset name -> rows max_length cuts, per reason
 
         # TRL would reload the reference from `model.config._name_or_path`, which an in-memory model does not have.
         if isinstance(ref_model, str):  # TRL takes only an object; load it as TRL loads its own reference
@@ -231,6 +249,61 @@ class Trainer(DPOTrainer):
         for provider in self._given_providers:
             provider.check(example, self.kwise_data, names)
 
+    def _row_problem(self, example: dict[str, Any]) -> str | None:
+        """Why this row cannot feed the loss (layout other than the first row's, a missing field value), or None."""
+        kwise = example.get("completions") is not None or example.get("completions_ids") is not None
+        pair = any(example.get(column) is not None for column in ("chosen", "rejected", "chosen_ids", "rejected_ids"))
+        if kwise and pair:
+            return "the row has both `completions` (K-wise) and `chosen`/`rejected` (pairwise) values"
+        if kwise != self.kwise_data or not (kwise or pair):
+            found = "K-wise `completions`" if kwise else "pairwise `chosen`/`rejected`" if pair else "no responses"
+            expected = "K-wise `completions`" if self.kwise_data else "pairwise `chosen`/`rejected`"
+            return f"the row has {found}, the first row {expected} (one dataset holds one layout)"
+        names = list(self.preference_loss.names)
+        for provider in self._row_providers():
+            try:
+                provider.check(example, self.kwise_data, names)
+            except ValueError as error:
+                return str(error)
+        return None
+
+    def _row_providers(self) -> list[FieldProvider]:
+        needed = [self.field_providers[f] for f in self.preference_loss.required_fields if f not in STEP_FIELDS]
+        return list({id(provider): provider for provider in [*needed, *self._given_providers]}.values())
+
+    def _check_every_row(self, dataset, name: str):
+        """Check every row before training (map-style: all now; iterable: each row as it streams), naming the rows."""
+        if isinstance(dataset, IterableDataset):
+            def check(example, index):
+                problem = self._row_problem(example)
+                if problem:
+                    raise ValueError(f"{name} dataset, row {index}: {problem}")
+                return example
+
+            return dataset.map(check, with_indices=True)
+        if not isinstance(dataset, Dataset):
+            return dataset
+        if len(dataset) == 0:
+            raise ValueError(f"the {name} dataset has 0 rows; nothing to train or evaluate on")
+        read = {"completions", "completions_ids", "chosen", "rejected", "chosen_ids", "rejected_ids", "prompt"}
+        for provider in self._row_providers():
+            read.update(provider.columns())
+        subset = dataset.select_columns([column for column in dataset.column_names if column in read])
+        problems: dict[str, list[int]] = {}
+        for index, example in enumerate(subset):
+            problem = self._row_problem(example)
+            if problem:
+                problems.setdefault(problem, []).append(index)
+        if problems:
+            lines = [
+                f"  rows {rows[:10]}{f' and {len(rows) - 10} more' if len(rows) > 10 else ''}: {problem}"
+                for problem, rows in problems.items()
+            ]
+            total = sum(len(rows) for rows in problems.values())
+            raise ValueError(f"the {name} dataset has {total} of {len(dataset)} rows the loss cannot train on:\n"
+                             + "\n".join(lines))
+        return dataset
+
     # ------------------------------------------------------------------------------------------ data
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -240,16 +313,54 @@ class Trainer(DPOTrainer):
         if rows_before is not None:
             dropped = rows_before - len(prepared)
             self.dropped_rows[dataset_name] = dropped
+            if rows_before and not len(prepared):
+                raise ValueError(
+                    f"{dataset_name} dataset: all {rows_before} rows were dropped because the prompt alone fills "
+                    f"max_length={args.max_length} tokens; raise max_length or shorten the prompts"
+                )
             if dropped:
                 logger.warning(
                     "%s dataset: dropped %d of %d rows whose prompt alone fills max_length=%s tokens "
                     "(raise max_length or shorten those prompts to keep them)",
                     dataset_name, dropped, rows_before, args.max_length,
                 )
-        return prepared
+        return self._report_truncation(prepared, args, dataset_name)
+
+    def _report_truncation(self, dataset, args, dataset_name):
+        """Count the rows `max_length` cuts, per reason (`prefopt.summary.truncation_reasons`), and drop those whose
+        responses truncation makes identical: they state no preference. Map-style: counted and logged now;
+        iterable: counted as rows stream (`self.truncated_rows` is live)."""
+        counts = self.truncated_rows.setdefault(dataset_name, dict.fromkeys(TRUNCATION_REASONS, 0))
+        if args.max_length is None:
+            return dataset
+        identical = "responses identical after truncation"
+
+        def keep(example) -> bool:
+            reasons = truncation_reasons(example, args.max_length, args.truncation_mode)
+            for reason in reasons:
+                counts[reason] += 1
+            return identical not in reasons
+
+        if isinstance(dataset, IterableDataset):
+            return dataset.filter(keep)
+        columns = [c for c in ("prompt_ids", "chosen_ids", "rejected_ids", "completions_ids") if c in dataset.column_names]
+        kept = [index for index, example in enumerate(dataset.select_columns(columns)) if keep(example)]
+        if any(counts.values()):
+            logger.warning(
+                "%s dataset: max_length=%s (truncation_mode=%s) cuts %s; rows whose responses become identical are "
+                "dropped (they state no preference)",
+                dataset_name, args.max_length, args.truncation_mode,
+                ", ".join(f"{count} rows: {reason}" for reason, count in counts.items() if count),
+            )
+        if len(kept) < len(dataset):
+            dataset = dataset.select(kept)
+            if not len(dataset):
+                raise ValueError(f"{dataset_name} dataset: every row's responses are identical after truncation to "
+                                 f"max_length={args.max_length}; raise max_length")
+        return dataset
 
     def _tokenize(self, dataset, processing_class, args, dataset_name):
-        first_example = next(iter(dataset))
+        first_example = _first_row(dataset, dataset_name)
         if "prompt_ids" in first_example and ("chosen_ids" in first_example or "completions_ids" in first_example):
             return dataset  # already tokenised
         if not is_kwise_example(first_example):
@@ -457,16 +568,24 @@ class Trainer(DPOTrainer):
             fields.update((name, value.to(policy.logps.dtype)) for name, value in provided.items())
         if self.args.use_weighting:
             fields["weights"] = self._example_weights(outputs, inputs, response_index).to(policy.logps.dtype)
-        batch = LogProbs(**fields)
-        if mode == "train":
-            for callback in self._loss_state_callbacks():
-                if hasattr(callback, "before_loss"):
-                    callback.before_loss(self, batch)
-        step_hyperparameters = self.step_hyperparameters()
-        per_component = self.preference_loss.components_per_example(batch, per_loss=step_hyperparameters)
-        loss = 0.0
-        for spec, weight in self.preference_loss.components:
-            loss += per_component[spec.name].mean() * weight
+        step = self.state.global_step + (mode == "train")  # the optimizer step this batch belongs to
+        try:
+            check_inputs(step, fields, context=mode)
+            batch = LogProbs(**fields)
+            if mode == "train":
+                for callback in self._loss_state_callbacks():
+                    if hasattr(callback, "before_loss"):
+                        callback.before_loss(self, batch)
+            step_hyperparameters = self.step_hyperparameters()
+            per_component = self.preference_loss.components_per_example(batch, per_loss=step_hyperparameters)
+            loss = 0.0
+            for spec, weight in self.preference_loss.components:
+                loss = loss + per_component[spec.name].mean() * weight
+            check_losses(step, per_component, loss, context=mode)
+        except NonFiniteError as error:
+            if mode != "train" or self.args.on_nonfinite != "skip":
+                raise
+            return self._skip_batch(error, policy.logps, outputs, return_outputs)
         if mode == "train":
             detached = LogProbs(**{name: value.detach() for name, value in fields.items()})
             for callback in self._loss_state_callbacks():
@@ -483,6 +602,14 @@ class Trainer(DPOTrainer):
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**model_inputs(inputs), use_cache=False)
+        return (loss, outputs) if return_outputs else loss
+
+    def _skip_batch(self, error: NonFiniteError, policy_logps: torch.Tensor, outputs, return_outputs):
+        """on_nonfinite="skip": a zero loss with no gradient into the model; training_step reports it as NaN."""
+        self._nonfinite_skipped += 1
+        self._skipping_batch = True
+        logger.warning("skipping a batch (on_nonfinite='skip', %d skipped so far): %s", self._nonfinite_skipped, error)
+        loss = torch.zeros((), device=policy_logps.device, dtype=policy_logps.dtype, requires_grad=True)
         return (loss, outputs) if return_outputs else loss
 
     # ----------------------------------------------------------------------------------- loss state
@@ -591,9 +718,25 @@ class Trainer(DPOTrainer):
             self._eval_prefix = "eval"
 
     def training_step(self, *args, **kwargs):
-        """TRL's step; an out-of-memory error comes back with advice for this run (batch size, checkpointing, ...)."""
+        """TRL's step, guarded: an out-of-memory error comes back with advice for this run (batch size,
+        checkpointing, ...); a non-finite value stops training or, with on_nonfinite="skip", skips the batch
+        (its loss reads NaN, which transformers' `logging_nan_inf_filter` keeps out of the logged mean)."""
+        self._skipping_batch = False
         with advise_on_out_of_memory(self):
-            return super().training_step(*args, **kwargs)
+            loss = super().training_step(*args, **kwargs)
+        if self._skipping_batch:
+            return torch.full_like(loss, float("nan"))
+        try:
+            check_gradients(self.state.global_step + 1, self.model.named_parameters())
+        except NonFiniteError as error:
+            if self.args.on_nonfinite != "skip":
+                raise
+            self._nonfinite_skipped += 1
+            logger.warning("skipping the accumulated gradient of this step (on_nonfinite='skip'): %s", error)
+            self.model.zero_grad(set_to_none=True)
+            return torch.full_like(loss, float("nan"))
+        self._batches_trained_since_log += 1
+        return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
@@ -601,5 +744,13 @@ class Trainer(DPOTrainer):
         if mode == "eval":
             metrics = {f"{self._eval_prefix}_{key}": value for key, value in metrics.items()}
         logs.update(metrics)
+        if mode == "train" and "loss" in logs:
+            skipped = self._nonfinite_skipped - self._nonfinite_skipped_logged
+            self._nonfinite_skipped_logged = self._nonfinite_skipped
+            if self.args.on_nonfinite == "skip":
+                logs["nonfinite_skipped"] = self._nonfinite_skipped
+            if skipped and not self._batches_trained_since_log:
+                logs["loss"] = float("nan")  # every batch since the last log was skipped: no loss to report, not 0.0
+            self._batches_trained_since_log = 0
         super(DPOTrainer, self).log(logs, start_time)
         self._metrics[mode].clear()

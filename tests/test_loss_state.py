@@ -94,3 +94,24 @@ def test_resuming_without_the_state_file_is_refused(tmp_path):
     assert checkpoint.exists() and not (checkpoint / LOSS_STATE_FILE).exists()
     with pytest.raises(ValueError, match=LOSS_STATE_FILE):
         _run(tmp_path, "shifted", "bco_pair", RewardShiftCallback, resume_from=str(checkpoint))
+
+
+# The resume test of each built-in stateful callback; a new one in prefopt.callbacks must add its own here.
+RESUME_TESTS = {
+    "RewardShiftCallback": test_reward_shift_resumes_exactly,
+    "ReferenceRefreshCallback": test_reference_refresh_resumes_exactly,
+}
+
+
+def test_every_built_in_stateful_callback_has_a_resume_test():
+    import inspect
+
+    import prefopt.callbacks as module
+    from prefopt.callbacks import LossStateCallback, StatefulCallback
+
+    built_in = {
+        name for name, value in vars(module).items()
+        if inspect.isclass(value) and issubclass(value, StatefulCallback)
+        and value not in (StatefulCallback, LossStateCallback) and value.__module__ == module.__name__
+    }
+    assert built_in == set(RESUME_TESTS), f"stateful callbacks without a resume test: {built_in - set(RESUME_TESTS)}"

@@ -117,3 +117,40 @@ def test_trl_loss_type_maps_through_the_registry():
     assert robust.loss_hyperparameters()[by_trl_name["robust"]]["epsilon"] == 0.2
     with pytest.raises(ValueError, match="no registered prefopt equivalent"):
         PrefOptConfig(loss_type="not_in_trl", **CPU)
+
+
+# --- strings from the command line or YAML, and combination weights, are checked when the config is built ---
+
+_CPU = dict(use_cpu=True, bf16=False)
+
+
+@pytest.mark.parametrize(
+    "loss_kwargs, expected",
+    [('{"epsilon": "0.2"}', {"epsilon": 0.2}), ({"epsilon": " 0.1 "}, {"epsilon": 0.1}), ({"epsilon": 0.3}, {"epsilon": 0.3})],
+)
+def test_loss_kwargs_strings_are_converted_to_the_hyperparameter_type(loss_kwargs, expected):
+    args = PrefOptConfig("out", loss="rdpo", loss_kwargs=loss_kwargs, **_CPU)
+    assert args.loss_kwargs == expected
+    assert args.loss_hyperparameters()["rdpo"]["epsilon"] == expected["epsilon"]
+
+
+@pytest.mark.parametrize(
+    "loss, loss_kwargs, message",
+    [
+        ("rdpo", '{"epsilon": "a lot"}', r"loss_kwargs\.epsilon must be a number, got the string 'a lot'"),
+        ("dpo:1,rpo:0.5", {"rpo": {"eta": "x"}}, r"loss_kwargs\.rpo\.eta must be a number"),
+        ("rdpo", '{"epsilon": ', r"loss_kwargs .* is not JSON"),
+        ("rdpo", "[0.2]", r"loss_kwargs must be a dict"),
+        ("rdpo", '{"epsilon": "0.7"}', r"epsilon must be a finite number in \[0, 0.5\), got 0.7"),
+        ("rdpo", '{"epsilon": NaN}', r"epsilon must be a finite number in \[0, 0.5\), got nan"),
+    ],
+)
+def test_bad_loss_kwargs_are_refused_naming_the_field(loss, loss_kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PrefOptConfig("out", loss=loss, loss_kwargs=loss_kwargs, **_CPU)
+
+
+@pytest.mark.parametrize("weight", ["0", "-1", "nan", "inf"])
+def test_combination_weights_must_be_finite_and_positive(weight):
+    with pytest.raises(ValueError, match=r"weight of loss 'sft' must be a finite number > 0"):
+        PrefOptConfig("out", loss=f"dpo:1,sft:{weight}", **_CPU)
