@@ -120,3 +120,14 @@ class LogProbs:
 
 
 LOGPROBS_FIELDS = tuple(field.name for field in fields(LogProbs))
+# Fields where -inf is a value, not an error: log 0, a response the target gives no mass (f-DPG's constrained
+# target P(y) = a(y) b(y) with b(y) = 0). NaN and +inf are refused there as everywhere.
+LOG_ZERO_FIELDS = ("target",)
+
+
+def invalid_values(name: str, values: torch.Tensor) -> torch.Tensor:
+    """Where ``values`` of field ``name`` are not valid numbers: NaN or +-inf (-inf allowed in `LOG_ZERO_FIELDS`)."""
+    values = values.detach()
+    if name in LOG_ZERO_FIELDS:
+        return values.isnan() | (values == float("inf"))
+    return ~torch.isfinite(values)

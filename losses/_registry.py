@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ._batch import LOGPROBS_FIELDS, LogProbs
+from ._batch import LOGPROBS_FIELDS, LogProbs, invalid_values
 
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _RESPONSES = {
@@ -113,11 +113,18 @@ class LossSpec:
             raise TypeError(f"loss {self.name!r} got unknown hyper-parameter(s) {unknown}; it accepts: {accepted}")
         resolved = {**self.hyperparameters, **hyperparameters}
         for name, allowed_range in self.ranges.items():
+            if name in self.choices and _is_named_value(resolved[name], self.choices[name]):
+                continue  # a named value (e.g. bvpo's alpha="auto") instead of a number
             if resolved[name] not in allowed_range:
                 condition = f" {allowed_range}" if str(allowed_range) else ""
-                raise ValueError(f"loss {self.name!r}: {name} must be a finite number{condition}, got {resolved[name]!r}")
+                named = f" or one of {list(self.choices[name])}" if name in self.choices else ""
+                raise ValueError(
+                    f"loss {self.name!r}: {name} must be a finite number{condition}{named}, got {resolved[name]!r}"
+                )
         for name, allowed in self.choices.items():
-            if resolved[name] not in allowed:
+            if name in self.ranges and not isinstance(resolved[name], str):
+                continue  # a number, checked against the range above
+            if not _is_named_value(resolved[name], allowed):
                 raise ValueError(f"loss {self.name!r}: {name} must be one of {list(allowed)}, got {resolved[name]!r}")
         return resolved
 
@@ -151,7 +158,7 @@ class LossSpec:
             values = getattr(batch, name)
             if values is None or not values.is_floating_point():
                 continue
-            bad = ~torch.isfinite(values.detach())
+            bad = invalid_values(name, values)
             if batch.mask is not None and bad.shape == batch.mask.shape:
                 bad = bad & batch.mask
             if bad.any():
@@ -169,6 +176,10 @@ class LossSpec:
             shape = tuple(per_example.shape) if isinstance(per_example, torch.Tensor) else type(per_example).__name__
             raise ValueError(f"loss {self.name!r} must return a per-example tensor of shape [B]=({batch.batch_size},), got {shape}")
         return per_example
+
+
+def _is_named_value(value: Any, allowed: tuple) -> bool:
+    return isinstance(value, str) and value in allowed if any(isinstance(a, str) for a in allowed) else value in allowed
 
 
 def _hyperparameters_from_signature(name: str, function: Callable) -> dict[str, Any]:
@@ -237,7 +248,8 @@ def register_loss(
         for hyper, allowed in (choices or {}).items():
             if hyper not in hyperparameters:
                 raise ValueError(f"loss {name!r}: choices given for {hyper!r}, which is not a hyper-parameter")
-            if hyperparameters[hyper] not in allowed:
+            # a hyper-parameter with a range as well takes a number in it or one of these named values
+            if hyperparameters[hyper] not in allowed and hyper not in (ranges or {}):
                 raise ValueError(f"loss {name!r}: default {hyper}={hyperparameters[hyper]!r} is not among {allowed}")
         resolved_ranges = _ranges(name, hyperparameters, ranges or {})
         required = (("policy",) + (("reference",) if needs_reference else ()) + tuple(requires))

@@ -30,6 +30,7 @@ from ._registry import register_loss
     arxiv="2510.05095",
     requires=("empty_policy", "empty_reference"),
     ranges={"alpha": (0, 1, "[]")},  # alpha mixes the two views
+    choices={"alpha": ("auto",)},  # or estimated every step by prefopt.reasoning.AutoAlphaCallback
 )
 def bvpo(batch: LogProbs, *, beta: float = 0.1, alpha: float = 0.5) -> torch.Tensor:
     """alpha * dpo(trace view) + (1 - alpha) * dpo(empty-trace view)."""

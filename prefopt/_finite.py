@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+from prefopt.losses._batch import invalid_values
+
 ON_NONFINITE = ("error", "skip")
 
 
@@ -25,9 +27,10 @@ class NonFiniteError(FloatingPointError):
         self.where, self.rows = where, rows
 
 
-def _bad_rows(values: torch.Tensor, mask: torch.Tensor | None = None) -> list[int]:
-    """Batch rows (dim 0) holding a non-finite value; positions where ``mask`` is False are ignored."""
-    bad = ~torch.isfinite(values.detach())
+def _bad_rows(values: torch.Tensor, mask: torch.Tensor | None = None, name: str = "") -> list[int]:
+    """Batch rows (dim 0) holding a non-finite value (-inf allowed in LogProbs fields that may hold log 0);
+    positions where ``mask`` is False are ignored."""
+    bad = invalid_values(name, values)
     if mask is not None and mask.shape == bad.shape:
         bad &= mask
     if bad.dim() > 1:
@@ -56,7 +59,7 @@ def check_inputs(step: int, fields: Mapping[str, torch.Tensor], *, context: str 
         return
     mask = fields.get("mask")
     for name, values in floating.items():
-        rows = _bad_rows(values, mask)
+        rows = _bad_rows(values, mask, name)
         if rows:
             raise NonFiniteError(
                 f"{context} step {step}: LogProbs.{name} is {_describe(values, rows)} in batch rows {rows} "

@@ -97,12 +97,15 @@ def _converted_loss_kwargs(loss_kwargs: dict, components: tuple[tuple[str, float
     for key, value in loss_kwargs.items():
         if key in names and isinstance(value, dict):
             defaults = get_loss(key).hyperparameters
+            choices = get_loss(key).choices
             converted[key] = {
-                k: _convert_value(v, defaults.get(k), f"loss_kwargs.{key}.{k}") for k, v in value.items()
+                k: v if v in choices.get(k, ()) else _convert_value(v, defaults.get(k), f"loss_kwargs.{key}.{k}")
+                for k, v in value.items()
             }
             continue
         default = next((spec.hyperparameters[key] for spec in specs if key in spec.hyperparameters), None)
-        converted[key] = _convert_value(value, default, f"loss_kwargs.{key}")
+        named = any(isinstance(value, str) and value in spec.choices.get(key, ()) for spec in specs)
+        converted[key] = value if named else _convert_value(value, default, f"loss_kwargs.{key}")
     return converted
 
 

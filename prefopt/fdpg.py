@@ -256,6 +256,13 @@ class FDPGTrainer(Trainer):
         if "prompt" not in example:
             raise ValueError(f"FDPGTrainer trains on prompts: the dataset needs a 'prompt' column, it has {sorted(example)}")
 
+    def _row_problem(self, example):
+        """Rows are prompts (the base class checks preference layouts): each needs a non-empty prompt."""
+        prompt = example.get("prompt")
+        if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+            return "the row has no prompt (FDPGTrainer trains on prompts)"
+        return None
+
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         for row, example in enumerate(dataset):
             prompt = example["prompt"]

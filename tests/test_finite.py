@@ -12,6 +12,7 @@ from helpers_losses import full_batch
 from helpers_trainer import config_kwargs, kwise_dataset, make_model, make_tokenizer, pair_dataset
 from prefopt import PrefOptConfig, Trainer
 from prefopt._finite import NonFiniteError, check_gradients, check_inputs, check_losses
+from prefopt.losses._batch import LOG_ZERO_FIELDS
 from prefopt.losses import LOGPROBS_FIELDS, LogProbs, get_loss, list_losses, register_loss, unregister_loss
 
 LOSSES = list_losses()
@@ -31,10 +32,22 @@ def test_every_loss_refuses_a_non_finite_input_anywhere(name, data):
     field = data.draw(st.sampled_from(_float_fields(batch)), label="field")
     values = getattr(batch, field).detach().clone()
     position = tuple(data.draw(st.integers(0, size - 1)) for size in values.shape)
-    values[position] = data.draw(st.sampled_from(BAD_VALUES), label="value")
+    # -inf is log 0 in a field that may hold it (f-DPG's constrained target), so there only NaN and +inf are bad
+    bad_values = [v for v in BAD_VALUES if not (field in LOG_ZERO_FIELDS and v == -math.inf)]
+    values[position] = data.draw(st.sampled_from(bad_values), label="value")
     broken = LogProbs(**{**vars(batch), field: values})
     with pytest.raises(ValueError, match=rf"loss '{name}': LogProbs\.{field} holds a NaN or inf in batch rows \[{position[0]}\]"):
         spec(broken)
+
+
+def test_a_constrained_target_may_give_a_response_zero_probability():
+    """f-DPG's GDC target P(y) = a(y) b(y) is 0 where the constraint fails: log P = -inf is a value there."""
+    policy = torch.tensor([[-2.0], [-3.0]])
+    target = torch.tensor([[-2.5], [-math.inf]])
+    values = get_loss("fdpg")(LogProbs(policy=policy, proposal=policy.clone(), target=target))
+    assert torch.isfinite(values).all()
+    with pytest.raises(ValueError, match=r"LogProbs\.target holds a NaN or inf in batch rows \[1\]"):
+        get_loss("fdpg")(LogProbs(policy=policy, proposal=policy.clone(), target=torch.tensor([[-2.5], [math.nan]])))
 
 
 def test_padding_columns_may_hold_anything():

@@ -5,6 +5,8 @@ callback; the kill is an exception raised right after the checkpoint is written.
 import copy
 
 import pytest
+
+import test_callbacks_sampling
 import torch
 from transformers import TrainerCallback
 
@@ -100,6 +102,9 @@ def test_resuming_without_the_state_file_is_refused(tmp_path):
 RESUME_TESTS = {
     "RewardShiftCallback": test_reward_shift_resumes_exactly,
     "ReferenceRefreshCallback": test_reference_refresh_resumes_exactly,
+    # sampling callbacks: one kill-and-resume test parametrized over both (tests/test_callbacks_sampling.py)
+    "WinRateCallback": test_callbacks_sampling.test_state_is_checkpointed_and_a_resumed_run_continues_it,
+    "SampleTableCallback": test_callbacks_sampling.test_state_is_checkpointed_and_a_resumed_run_continues_it,
 }
 
 
