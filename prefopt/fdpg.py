@@ -259,15 +259,15 @@ class FDPGTrainer(Trainer):
     def _row_problem(self, example):
         """Rows are prompts (the base class checks preference layouts): each needs a non-empty prompt."""
         prompt = example.get("prompt")
-        if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
-            return "the row has no prompt (FDPGTrainer trains on prompts)"
+        if not (isinstance(prompt, str) and prompt.strip()) and not is_conversational(prompt):
+            return "'prompt' must be non-empty text or a message list"
         return None
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         for row, example in enumerate(dataset):
-            prompt = example["prompt"]
-            if not (isinstance(prompt, str) and prompt.strip()) and not is_conversational(prompt):
-                raise ValueError(f"{dataset_name} dataset, row {row}: 'prompt' must be non-empty text or a message list")
+            problem = self._row_problem(example)
+            if problem:
+                raise ValueError(f"{dataset_name} dataset, row {row}: {problem}")
         self.dropped_rows[dataset_name] = 0
         return dataset
 

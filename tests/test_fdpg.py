@@ -180,7 +180,7 @@ def test_constructor_errors_name_what_is_missing(tmp_path):
     with pytest.raises(ValueError, match="trains the 'fdpg' loss alone"):
         FDPGTrainer(make_model(), _tokenizer(), PROMPTS, target="constraint", constraint=_says_good,
                     args=PrefOptConfig(loss="dpo", **config_kwargs(tmp_path)))
-    with pytest.raises(ValueError, match="row 1: 'prompt' must be"):
+    with pytest.raises(ValueError, match=r"rows \[1\]: 'prompt' must be"):
         FDPGTrainer(make_model(), _tokenizer(), ["say", ""], target="constraint", constraint=_says_good,
                     args=PrefOptConfig(loss="fdpg", **config_kwargs(tmp_path)))
 
