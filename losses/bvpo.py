@@ -34,6 +34,12 @@ from ._registry import register_loss
 )
 def bvpo(batch: LogProbs, *, beta: float = 0.1, alpha: float = 0.5) -> torch.Tensor:
     """alpha * dpo(trace view) + (1 - alpha) * dpo(empty-trace view)."""
+    if alpha == "auto":  # a valid setting of the run, resolved to a number every step before the loss is called
+        raise ValueError(
+            "loss 'bvpo': alpha='auto' is estimated every step from gradient statistics by "
+            "prefopt.reasoning.AutoAlphaCallback (pass callbacks=[AutoAlphaCallback()] to the Trainer), which then "
+            "calls this loss with the estimate; called directly, pass a number in [0, 1]"
+        )
     trace_loss = sigmoid_loss(pair_margin(batch.policy, batch.reference), beta)
     empty_trace_loss = sigmoid_loss(pair_margin(batch.empty_policy, batch.empty_reference), beta)
     return alpha * trace_loss + (1 - alpha) * empty_trace_loss  # BVPO mixture of the two DPO estimators

@@ -216,8 +216,12 @@ def test_online_vpo_without_calibration_samples_raises():
 
 
 def test_bvpo_auto_alpha_is_not_a_loss_argument():
-    with pytest.raises(ValueError, match=r"alpha must be a finite number in \[0, 1\], got 'auto'"):
+    """'auto' is a valid setting (AutoAlphaCallback resolves it every step), not a value the loss computes with."""
+    assert get_loss("bvpo").resolve_hyperparameters(alpha="auto")["alpha"] == "auto"
+    with pytest.raises(ValueError, match=r"alpha='auto' is estimated every step .*AutoAlphaCallback"):
         get_loss("bvpo")(full_batch(get_loss("bvpo")), alpha="auto")
+    with pytest.raises(ValueError, match=r"alpha must be a finite number in \[0, 1\] or one of \['auto'\], got 'often'"):
+        get_loss("bvpo")(full_batch(get_loss("bvpo")), alpha="often")
 
 
 # --- registering a custom loss --------------------------------------------------------------------
