@@ -122,3 +122,23 @@ def test_iterable_train_dataset_and_dict_of_eval_datasets(tmp_path):
     # a dict passed straight to evaluate() is prepared per split and keyed the same way
     metrics = trainer.evaluate({"third": pair_dataset(4)})
     assert "eval_third_loss" in metrics and "eval_third_rewards/accuracies" in metrics
+
+
+@pytest.mark.slow
+def test_a_run_that_diverges_to_nan_stops_where_trl_trains_on(model_folder, tmp_path):
+    """The one TRL test that passes on trl.DPOTrainer and not here, by design: `test_train_model_dtype` (float16
+    weights, learning rate 0.1) diverges to NaN after a few steps on both trainers. TRL keeps stepping and ends
+    with NaN parameters (the test checks only that they changed); prefopt stops at the first non-finite step."""
+    from prefopt._finite import NonFiniteError
+
+    def args():
+        return trl_args(tmp_path, max_steps=6, learning_rate=100.0, model_init_kwargs={"dtype": torch.float16})
+
+    trl_trainer = DPOTrainer(model=model_folder, args=args(), train_dataset=pair_dataset())
+    trl_trainer.train()
+    assert any(torch.isnan(p).any() for p in trl_trainer.model.parameters())  # TRL trained on into NaN weights
+
+    trainer = Trainer(model=model_folder, args=args(), train_dataset=pair_dataset())
+    with pytest.raises(NonFiniteError, match=r"step \d+: (LogProbs\.policy is nan|the gradient is non-finite)"):
+        trainer.train()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # nothing non-finite was applied
