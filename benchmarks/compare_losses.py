@@ -475,20 +475,20 @@ def main(argv=None):
               "a win rate of 0.5 is no change.", ""]
     rounds = [r for r in runs if "rounds" in r]
     if rounds:
-        lines.append("Online rounds, pairs trained per round (prompts whose best and worst sample tied under the oracle "
-                     "give none): " + "; ".join(
+        lines.append("Online rounds, pairs trained per round, mean over seeds (a prompt whose best and worst samples tie "
+                     "under the oracle gives none, counted as a tie): " + "; ".join(
                          f"{label}: " + ", ".join(
                              f"round {number + 1} {sum(r['rounds'][number]['pairs'] for r in mine) / len(mine):.1f} "
                              f"(ties {sum(r['rounds'][number]['skipped_ties'] for r in mine) / len(mine):.1f})"
                              for number in range(ROUNDS))
                          for label in dict.fromkeys(r["label"] for r in rounds)
-                         for mine in [[r for r in rounds if r["label"] == label]]) + ", mean over seeds.")
+                         for mine in [[r for r in rounds if r["label"] == label]]) + ".")
         lines.append("")
     if "dpo" in row:
         lines.append("Against dpo (95% intervals; a win rate interval that excludes 0.5 is a change from the reference):")
         lines.append("")
         for cells in summary:
-            lines.append(f"- {cells['label']} ({cells['mode']}): win rate {versus(cells['win_rate'], row['dpo']['win_rate'], 'dpo')}, "
+            lines.append(f"- {cells['label']}, {cells['mode']}: win rate {versus(cells['win_rate'], row['dpo']['win_rate'], 'dpo')}, "
                          f"{versus(cells['win_rate'], {'low': 0.5, 'high': 0.5}, 'the reference (0.5)')}; "
                          f"preference accuracy {versus(cells['preference_accuracy'], row['dpo']['preference_accuracy'], 'dpo')}; "
                          f"KL {versus(cells['kl'], ZERO, 'zero')}.")
