@@ -180,6 +180,44 @@ def test_compare_losses_names_a_loss_no_driver_can_feed(monkeypatch):
     assert isinstance(benchmark.provider_refusal(FieldProvider(), {}, "x"), str)
 
 
+def test_compare_losses_plans_a_newly_registered_loss_by_its_spec(monkeypatch):
+    """A loss registered tomorrow is planned in the mode its spec asks for, with no edit to the script."""
+    from prefopt.data import get_task
+    from prefopt.losses import list_losses, register_loss, unregister_loss
+
+    def zero(batch):
+        """A scratch loss (zero); only its spec matters here."""
+        return batch.policy[:, 0] * 0
+
+    def with_mode(batch, *, mode="offline"):
+        """A scratch loss with an online mode (zero)."""
+        return batch.policy[:, 0] * 0
+
+    scratch = {  # name -> (register_loss options, expected mode, or None: not trained)
+        "test_needs_previous": ({"requires": ("previous",)}, "online rounds"),
+        "test_needs_proposal": ({"responses": "single", "needs_reference": False, "requires": ("proposal", "target")}, "on-policy"),
+        "test_single_needs_previous": ({"responses": "single", "requires": ("previous",)}, None),  # rounds train on pairs
+        "test_needs_two_drivers": ({"requires": ("previous", "proposal")}, None),
+        "test_needs_traces": ({"requires": ("empty_policy",)}, None),
+    }
+    benchmark = load("compare_losses", monkeypatch)
+    try:
+        for name, (options, _) in scratch.items():
+            register_loss(name, paper="a test", **options)(zero)
+        register_loss("test_has_online_mode", paper="a test", choices={"mode": ("offline", "online")})(with_mode)
+        runs, skipped = benchmark.plan(get_task("sentiment"))
+    finally:
+        for name in [*scratch, "test_has_online_mode"]:
+            if name in list_losses():
+                unregister_loss(name)
+    modes = {run.label: run.mode for run in runs}
+    why = dict(skipped)
+    for name, (_, mode) in scratch.items():
+        assert modes.get(name) == mode and (mode is not None or name in why), name
+    assert "previous, proposal" in why["test_needs_two_drivers"]
+    assert modes["test_has_online_mode"] == "pairwise" and modes["test_has_online_mode (online)"] == "online rounds"
+
+
 @pytest.mark.slow
 def test_compare_losses_reports_every_planned_loss_and_the_rest(tmp_path, monkeypatch):
     benchmark, report = run_smoke("compare_losses", tmp_path, monkeypatch)
