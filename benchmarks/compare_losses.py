@@ -100,9 +100,10 @@ DRIVERS = {"online rounds": "prefopt.online.train_online", "on-policy": "prefopt
 # Why a field that no driver fills here cannot be made meaningfully for this task (else the provider's own words).
 NOT_ON_THIS_TASK = {
     field: ("the empty-trace view of reasoning traces (answers generated with reasoning on and off); the task has no "
-            "traces and the tiny word-level reference cannot write one, so both views would be the same answers "
-            "(EmptyTraceField(from_trace_pairs=True) behind an empty block), which is not what BVPO is for; its bundled "
-            "task is prefopt.data.tasks.load_reasoning (arithmetic traces) for a model that writes <think> blocks")
+            "traces and neither reference writes one (the tiny word-level model has no <think> token, SmolLM2-135M-Instruct "
+            "no reasoning mode), so both views would be the same answers (EmptyTraceField(from_trace_pairs=True) behind "
+            "an empty block), which is not what BVPO is for; its bundled task is prefopt.data.tasks.load_reasoning "
+            "(arithmetic traces) for a model that writes <think> blocks")
     for field in ("empty_policy", "empty_reference")
 }
 
@@ -457,7 +458,7 @@ def main(argv=None):
         f"Budget, the same {STEPS} steps and {2 * BATCH_SIZE} scored responses per step in every mode: pairwise / kwise "
         f"{STEPS} steps x {BATCH_SIZE} labelled rows (prefopt.Trainer); online rounds {ROUNDS} rounds x {STEPS // ROUNDS} steps "
         f"x {BATCH_SIZE} pairs (prefopt.online.train_online: each round samples {ONLINE_SAMPLES} responses for each of "
-        f"{STEPS // ROUNDS * BATCH_SIZE} training prompts from the current policy and pairs the best and worst under the task's "
+        f"{len(data['prompts'][: STEPS // ROUNDS * BATCH_SIZE])} training prompts from the current policy and pairs the best and worst under the task's "
         f"reward as a Bradley-Terry oracle); on-policy {STEPS} steps x {prompts_per_step} prompts x {FDPG_SAMPLES} samples "
         f"(prefopt.fdpg.FDPGTrainer, target='rlhf' with the task's reward, beta {fdpg_beta()}). The online modes also sample, which "
         "their train times include, and never see the task's labelled responses.",
