@@ -139,29 +139,97 @@ def test_large_source_memory_smoke_runs_and_reports(tmp_path, monkeypatch):
     assert (tmp_path / "large_source_memory.md").read_text().startswith("Peak memory of load_preferences")
     assert (tmp_path / "large_source_memory.png").stat().st_size > 0
 def test_compare_losses_takes_its_losses_from_the_registry(monkeypatch):
-    """Which losses train, and on which rows, comes from trainable_losses and the field providers."""
+    """Which losses train, on which rows or in which online mode, comes from trainable_losses, the field
+    providers and the loss specs; every registered loss is trained or listed with its reason."""
     from prefopt.data import get_task
+    from prefopt.fields import servable_fields
     from prefopt.losses import get_loss, list_losses
     from prefopt.main_job import trainable_losses
 
     benchmark = load("compare_losses", monkeypatch)
-    runs, skipped = benchmark.plan(get_task("sentiment"))
-    trained = dict(runs)
-    assert set(trained) == set(trainable_losses("sentiment"))
-    assert set(trained) | {loss for loss, _ in skipped} == set(list_losses())
-    assert {loss for loss, form in runs if form == "kwise"} == {n for n in trained if get_loss(n).responses == "ranked"}
-    assert trained["plackett_luce"] == "kwise" and trained["dpo"] == "pairwise"
-    assert all("no field provider" in why for _, why in skipped)  # the online methods, and why
+    task = get_task("sentiment")
+    runs, skipped = benchmark.plan(task)
+    offline = {run.loss: run.mode for run in runs if run.mode in ("pairwise", "kwise")}
+    online = {run.label: run for run in runs if run.mode not in ("pairwise", "kwise")}
+    assert set(offline) == set(trainable_losses("sentiment"))
+    assert {run.loss for run in runs} | {loss for loss, _ in skipped} == set(list_losses())
+    assert not {run.loss for run in runs} & {loss for loss, _ in skipped}
+    assert {n for n, mode in offline.items() if mode == "kwise"} == {n for n in offline if get_loss(n).responses == "ranked"}
+    assert offline["plackett_luce"] == "kwise" and offline["dpo"] == "pairwise"
+    # the online methods, each in its own driver's mode
+    assert online["inpo"].mode == "online rounds" and online["fdpg"].mode == "on-policy"
+    assert online["vpo (online)"] == benchmark.Run("vpo (online)", "vpo", "online rounds")
+    servable = servable_fields(task.load("pairwise", split="train")[0])
+    for run in online.values():  # a loss runs online because it offers an online mode or misses a field only its driver fills
+        missing = set(get_loss(run.loss).required_fields) - servable
+        assert "online" in get_loss(run.loss).choices.get("mode", ()) or {benchmark.FIELD_DRIVERS[f] for f in missing} == {run.mode}
+    assert set(benchmark.trainers) >= {run.mode for run in runs}
+    why = dict(skipped)
+    assert "bvpo" in why and "empty_policy" in why["bvpo"] and "reasoning" in why["bvpo"]
+
+
+def test_compare_losses_names_a_loss_no_driver_can_feed(monkeypatch):
+    """A loss needing a field that neither a provider nor a driver fills is listed with the provider's own words."""
+    from prefopt.data import get_task
+    from prefopt.fields import FieldProvider
+
+    benchmark = load("compare_losses", monkeypatch)
+    monkeypatch.setattr(benchmark, "NOT_ON_THIS_TASK", {})
+    _, skipped = benchmark.plan(get_task("sentiment"))
+    assert "chosen_no_trace" in dict(skipped)["bvpo"]  # EmptyTraceField's refusal names the columns it lacks
+    assert isinstance(benchmark.provider_refusal(FieldProvider(), {}, "x"), str)
+
+
+def test_compare_losses_plans_a_newly_registered_loss_by_its_spec(monkeypatch):
+    """A loss registered tomorrow is planned in the mode its spec asks for, with no edit to the script."""
+    from prefopt.data import get_task
+    from prefopt.losses import list_losses, register_loss, unregister_loss
+
+    def zero(batch):
+        """A scratch loss (zero); only its spec matters here."""
+        return batch.policy[:, 0] * 0
+
+    def with_mode(batch, *, mode="offline"):
+        """A scratch loss with an online mode (zero)."""
+        return batch.policy[:, 0] * 0
+
+    scratch = {  # name -> (register_loss options, expected mode, or None: not trained)
+        "test_needs_previous": ({"requires": ("previous",)}, "online rounds"),
+        "test_needs_proposal": ({"responses": "single", "needs_reference": False, "requires": ("proposal", "target")}, "on-policy"),
+        "test_single_needs_previous": ({"responses": "single", "requires": ("previous",)}, None),  # rounds train on pairs
+        "test_needs_two_drivers": ({"requires": ("previous", "proposal")}, None),
+        "test_needs_traces": ({"requires": ("empty_policy",)}, None),
+    }
+    benchmark = load("compare_losses", monkeypatch)
+    try:
+        for name, (options, _) in scratch.items():
+            register_loss(name, paper="a test", **options)(zero)
+        register_loss("test_has_online_mode", paper="a test", choices={"mode": ("offline", "online")})(with_mode)
+        runs, skipped = benchmark.plan(get_task("sentiment"))
+    finally:
+        for name in [*scratch, "test_has_online_mode"]:
+            if name in list_losses():
+                unregister_loss(name)
+    modes = {run.label: run.mode for run in runs}
+    why = dict(skipped)
+    for name, (_, mode) in scratch.items():
+        assert modes.get(name) == mode and (mode is not None or name in why), name
+    assert "previous, proposal" in why["test_needs_two_drivers"]
+    assert modes["test_has_online_mode"] == "pairwise" and modes["test_has_online_mode (online)"] == "online rounds"
 
 
 @pytest.mark.slow
 def test_compare_losses_reports_every_planned_loss_and_the_rest(tmp_path, monkeypatch):
     benchmark, report = run_smoke("compare_losses", tmp_path, monkeypatch)
-    assert {row["loss"] for row in report["summary"]} == set(benchmark.SMOKE["LOSSES"])
+    assert {row["label"] for row in report["summary"]} == set(benchmark.SMOKE["LOSSES"])
     assert len(report["runs"]) == len(benchmark.SMOKE["LOSSES"]) * len(benchmark.SMOKE["SEEDS"])
     assert all(0.0 <= run["win_rate"] <= 1.0 and run["peak_memory_gib"] > 0 for run in report["runs"])
-    assert {entry["loss"] for entry in report["not_trained"]} >= {"fdpg", "inpo", "bvpo"} or not report["not_trained"]
-    assert set(report["online"]) == set(benchmark.ONLINE_MODULES)
+    assert {row["mode"] for row in report["summary"]} == {"pairwise", "kwise", "online rounds"}
+    inpo = [run for run in report["runs"] if run["loss"] == "inpo"]
+    assert all(len(run["rounds"]) == benchmark.SMOKE["ROUNDS"] for run in inpo)  # it trained through train_online
+    assert {entry["loss"] for entry in report["not_trained"]} == {"bvpo"}
+    assert report["drivers"]["online rounds"] == "prefopt.online.train_online"
+    assert "| inpo | online rounds |" in (tmp_path / "compare_losses.md").read_text()
 
 
 def readme_section(name="benchmarks"):
