@@ -5,7 +5,10 @@ Two kinds of third-party noise reached every prefopt command (``--help`` include
 - bitsandbytes logs "Failed to load CPU gemm_4bit_forward from kernels-community" when it is
   imported on a CPU with AVX512-BF16 and the optional ``kernels`` package is absent. The fallback it
   then uses is bitsandbytes' own CPU 4-bit path, which works; the optional kernel is downloaded
-  from a model hub, which prefopt does not use. A logging filter drops that one message.
+  from a model hub, which prefopt does not use. A logging filter drops that one message. Since
+  transformers 5.25 requires ``kernels``, the package is present and, offline (``HF_HUB_OFFLINE=1``),
+  logs "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'" on the same
+  import before the download fails; that message, for that one repository, is dropped too.
 - transformers 5.23 renamed ``gradient_checkpointing_*`` to ``activation_checkpointing_*`` and warns
   (FutureWarning) on every use of the old names, which TRL's ``disable_gradient_checkpointing``
   still calls once per reference forward pass. prefopt uses `activation_checkpointing_disabled`
@@ -26,6 +29,7 @@ from typing import Any, Iterator
 # (logger name, start of the message) of log records that tell a prefopt user nothing they can act on.
 KNOWN_NOISE = (
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
+    ("kernels._internals.hf_hub", "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'"),
 )
 
 
