@@ -5,7 +5,8 @@ never trains silently.
 values and total loss, `check_gradients` at the gradients after backward. Each raises `NonFiniteError` naming the step, what
 was non-finite (field, loss component, total or parameter) and the batch rows affected, so the user can
 find the data. The trainer calls them from `_compute_loss` / `training_step`; with
-`PrefOptConfig(on_nonfinite="skip")` it catches the error, skips the batch and counts it instead.
+`PrefOptConfig(on_nonfinite=...)` it raises it (``"error"``), stops training at the last finite weights
+(``"stop"``), or skips the batch and counts it (``"skip"``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from prefopt.losses._batch import invalid_values
 
-ON_NONFINITE = ("error", "skip")
+ON_NONFINITE = ("error", "stop", "skip")
 
 
 class NonFiniteError(FloatingPointError):
@@ -64,7 +65,7 @@ def check_inputs(step: int, fields: Mapping[str, torch.Tensor], *, context: str 
             raise NonFiniteError(
                 f"{context} step {step}: LogProbs.{name} is {_describe(values, rows)} in batch rows {rows} "
                 f"(the model, reference or data column feeding {name} produced a non-finite value; "
-                "set on_nonfinite='skip' to skip such batches)",
+                "on_nonfinite='skip' skips such batches)",
                 f"LogProbs.{name}", rows,
             )
 
@@ -99,6 +100,6 @@ def check_gradients(step: int, named_parameters: Iterable[tuple[str, torch.nn.Pa
     shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
     raise NonFiniteError(
         f"training step {step}: the gradient is non-finite in {len(bad)} parameter(s): {shown} "
-        "(the loss was finite; lower the learning rate, enable max_grad_norm, or set on_nonfinite='skip')",
+        "(the loss was finite; lower the learning rate, enable max_grad_norm, or skip such steps with on_nonfinite='skip')",
         "gradients", [],
     )

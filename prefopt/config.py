@@ -172,10 +172,12 @@ class PrefOptConfig(DPOConfig):
         },
     )
 
-    on_nonfinite: str = field(
-        default="error",
+    on_nonfinite: str | None = field(
+        default=None,
         metadata={
-            "help": "On a NaN/inf in a step: 'error' (stop, naming it) or 'skip' (skip the batch, counted).",
+            "help": "On a NaN/inf in a training step: 'error' (raise, naming it), 'stop' (end training at the last finite "
+            "weights, with a warning) or 'skip' (skip the batch, counted). Default: 'error', or 'stop' for a TRL-style "
+            "config (loss chosen by loss_type), where TRL itself would train on.",
             "choices": list(ON_NONFINITE),
         },
     )
@@ -188,7 +190,7 @@ class PrefOptConfig(DPOConfig):
                 raise ValueError(f"loss_kwargs {self.loss_kwargs!r} is not JSON: {error}") from None
         if self.loss_kwargs is not None and not isinstance(self.loss_kwargs, dict):
             raise ValueError(f"loss_kwargs must be a dict (JSON object), got {self.loss_kwargs!r}")
-        if self.on_nonfinite not in ON_NONFINITE:
+        if self.on_nonfinite is not None and self.on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {list(ON_NONFINITE)}, got {self.on_nonfinite!r}")
         # TRL's gradient_checkpointing (default True) is transformers' deprecated alias of activation_checkpointing;
         # passing it on under the new name keeps its meaning without a FutureWarning on every config.
@@ -200,6 +202,14 @@ class PrefOptConfig(DPOConfig):
         if self.loss_kwargs is not None:
             self.loss_kwargs = _converted_loss_kwargs(self.loss_kwargs, self.loss_components())
         self.loss_hyperparameters()  # validates names, weights and hyper-parameters now, not at the first step
+
+    def nonfinite_policy(self) -> str:
+        """`on_nonfinite` as set, else its default: 'stop' for a TRL-style config (``loss`` unset: TRL's
+        `DPOTrainer` keeps stepping through NaN, so a drop-in must return from `train()` too, but never with NaN
+        weights), 'error' otherwise. Read when training, so a ``loss`` set after construction counts."""
+        if self.on_nonfinite is not None:
+            return self.on_nonfinite
+        return "stop" if self.loss is None else "error"
 
     def loss_components(self) -> tuple[tuple[str, float], ...]:
         """The (name, weight) pairs to train with, from `loss` or else from TRL's `loss_type`/`loss_weights`."""

@@ -103,6 +103,11 @@ def training_summary(trainer) -> TrainingSummary:
             if key in last:
                 rows.append(("training (last logged step)", key, last[key]))
 
+    stop = getattr(trainer, "nonfinite_stop", None)
+    if stop is not None:  # on_nonfinite="stop" ended the run early
+        rows.append(("training (last logged step)", "stopped by a non-finite value at step", stop["step"]))
+        rows.append(("training (last logged step)", "non-finite value", stop["where"]))
+
     for name in ("train", "eval"):
         dataset = getattr(trainer, f"{name}_dataset", None)
         if dataset is None:

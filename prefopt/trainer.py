@@ -140,6 +140,8 @@ class Trainer(DPOTrainer):
         needs_reference = self.preference_loss.needs_reference
         self._reference_hits = self._reference_misses = 0
         self._nonfinite_skipped = self._nonfinite_skipped_logged = 0  # batches skipped with on_nonfinite="skip"
+        # on_nonfinite="stop": what stopped training ({"step", "where", "rows", "message"}), None while all is finite
+        self.nonfinite_stop: dict[str, Any] | None = None
         self._skipping_batch = False
         self._batches_trained_since_log = 0
         self.dropped_rows: dict[str, int] = {}  # dataset name -> rows filtered out during preparation
@@ -209,6 +211,20 @@ class Trainer(DPOTrainer):
         needed = [self.field_providers[f] for f in self.preference_loss.required_fields if f in self.field_providers]
         needed += self._given_providers
         return list({id(provider): provider for provider in needed}.values())
+
+    def train(self, *args, **kwargs):
+        """`transformers.Trainer.train`; a run ended by a non-finite value (on_nonfinite="stop") says so again at
+        the end and in the returned metrics (``nonfinite_stopped_at_step``)."""
+        self.nonfinite_stop = None
+        output = super().train(*args, **kwargs)
+        if self.nonfinite_stop is not None:
+            output.metrics["nonfinite_stopped_at_step"] = self.nonfinite_stop["step"]
+            logger.error(
+                "training ended early: a non-finite value stopped it at step %d of %d (on_nonfinite='stop'); the model "
+                "holds the weights of step %d. %s", self.nonfinite_stop["step"], self.state.max_steps,
+                self.nonfinite_stop["step"] - 1, self.nonfinite_stop["message"],
+            )
+        return output
 
     def summary(self):
         """Held-out metrics, dropped / truncated rows and timing as a small table (see `prefopt.summary`)."""
@@ -583,9 +599,9 @@ class Trainer(DPOTrainer):
                 loss = loss + per_component[spec.name].mean() * weight
             check_losses(step, per_component, loss, context=mode)
         except NonFiniteError as error:
-            if mode != "train" or self.args.on_nonfinite != "skip":
+            if mode != "train" or self.args.nonfinite_policy() == "error":
                 raise
-            return self._skip_batch(error, policy.logps, outputs, return_outputs)
+            return self._skip_batch(error, step, policy.logps, outputs, return_outputs)
         if mode == "train":
             detached = LogProbs(**{name: value.detach() for name, value in fields.items()})
             for callback in self._loss_state_callbacks():
@@ -604,13 +620,30 @@ class Trainer(DPOTrainer):
                 outputs = model(**model_inputs(inputs), use_cache=False)
         return (loss, outputs) if return_outputs else loss
 
-    def _skip_batch(self, error: NonFiniteError, policy_logps: torch.Tensor, outputs, return_outputs):
-        """on_nonfinite="skip": a zero loss with no gradient into the model; training_step reports it as NaN."""
-        self._nonfinite_skipped += 1
+    def _skip_batch(self, error: NonFiniteError, step: int, policy_logps: torch.Tensor, outputs, return_outputs):
+        """on_nonfinite="skip" or "stop": a zero loss with no gradient into the model; training_step reports it as
+        NaN. "stop" also ends training after this step (`_stop_training`)."""
         self._skipping_batch = True
-        logger.warning("skipping a batch (on_nonfinite='skip', %d skipped so far): %s", self._nonfinite_skipped, error)
+        if self.args.nonfinite_policy() == "stop":
+            self._stop_training(error, step)
+        else:
+            self._nonfinite_skipped += 1
+            logger.warning("skipping a batch (on_nonfinite='skip', %d skipped so far): %s", self._nonfinite_skipped, error)
         loss = torch.zeros((), device=policy_logps.device, dtype=policy_logps.dtype, requires_grad=True)
         return (loss, outputs) if return_outputs else loss
+
+    def _stop_training(self, error: NonFiniteError, step: int) -> None:
+        """on_nonfinite="stop": no update from this optimizer step (the rest of its accumulation window is skipped
+        too), training ends after it, the model keeps the weights of the last finite step; said loudly, kept in
+        ``trainer.nonfinite_stop``, logged as ``nonfinite_stopped_at_step`` and shown by `summary()`."""
+        if self.nonfinite_stop is None:
+            self.nonfinite_stop = {"step": step, "where": error.where, "rows": error.rows, "message": str(error)}
+            logger.error(
+                "stopping training at step %d (on_nonfinite='stop'): %s. The model keeps the weights of step %d, the last "
+                "finite one; on_nonfinite='error' raises instead, 'skip' skips such batches and goes on.",
+                step, error, step - 1,
+            )
+        self.control.should_training_stop = True
 
     # ----------------------------------------------------------------------------------- loss state
 
@@ -719,20 +752,28 @@ class Trainer(DPOTrainer):
 
     def training_step(self, *args, **kwargs):
         """TRL's step, guarded: an out-of-memory error comes back with advice for this run (batch size,
-        checkpointing, ...); a non-finite value stops training or, with on_nonfinite="skip", skips the batch
+        checkpointing, ...); a non-finite value raises, ends training (on_nonfinite="stop") or skips the batch
         (its loss reads NaN, which transformers' `logging_nan_inf_filter` keeps out of the logged mean)."""
         self._skipping_batch = False
+        if self.nonfinite_stop is not None:  # stopping (on_nonfinite="stop"): the rest of the step's window trains nothing
+            self.model.zero_grad(set_to_none=True)
+            return torch.tensor(float("nan"), device=self.args.device)
         with advise_on_out_of_memory(self):
             loss = super().training_step(*args, **kwargs)
         if self._skipping_batch:
+            if self.nonfinite_stop is not None:
+                self.model.zero_grad(set_to_none=True)  # earlier batches of this window: no partial update either
             return torch.full_like(loss, float("nan"))
         try:
             check_gradients(self.state.global_step + 1, self.model.named_parameters())
         except NonFiniteError as error:
-            if self.args.on_nonfinite != "skip":
+            if self.args.nonfinite_policy() == "error":
                 raise
-            self._nonfinite_skipped += 1
-            logger.warning("skipping the accumulated gradient of this step (on_nonfinite='skip'): %s", error)
+            if self.args.nonfinite_policy() == "stop":
+                self._stop_training(error, self.state.global_step + 1)
+            else:
+                self._nonfinite_skipped += 1
+                logger.warning("skipping the accumulated gradient of this step (on_nonfinite='skip'): %s", error)
             self.model.zero_grad(set_to_none=True)
             return torch.full_like(loss, float("nan"))
         self._batches_trained_since_log += 1
@@ -747,8 +788,10 @@ class Trainer(DPOTrainer):
         if mode == "train" and "loss" in logs:
             skipped = self._nonfinite_skipped - self._nonfinite_skipped_logged
             self._nonfinite_skipped_logged = self._nonfinite_skipped
-            if self.args.on_nonfinite == "skip":
+            if self.args.nonfinite_policy() == "skip":
                 logs["nonfinite_skipped"] = self._nonfinite_skipped
+            if self.nonfinite_stop is not None:
+                logs["nonfinite_stopped_at_step"] = self.nonfinite_stop["step"]
             if skipped and not self._batches_trained_since_log:
                 logs["loss"] = float("nan")  # every batch since the last log was skipped: no loss to report, not 0.0
             self._batches_trained_since_log = 0

@@ -96,9 +96,10 @@ def nan_on_second_call():
         calls.append(1)
         values = -torch.nn.functional.logsigmoid(beta * (batch.policy[:, 0] - batch.policy[:, 1]))
         if len(calls) == 2:
-            values = values + torch.tensor([0.0, math.nan, 0.0, 0.0], dtype=values.dtype)
+            values = values + torch.zeros_like(values).index_fill(0, torch.tensor([1]), math.nan)
         return values
 
+    loss.calls = calls  # a test that trains twice clears it between runs
     yield "nan_on_second_call"
     unregister_loss("nan_on_second_call")
 
@@ -151,5 +152,69 @@ def test_non_finite_gradients_stop_training_or_are_skipped(tmp_path):
 
 
 def test_on_nonfinite_is_validated():
-    with pytest.raises(ValueError, match=r"on_nonfinite must be one of \['error', 'skip'\], got 'ignore'"):
+    with pytest.raises(ValueError, match=r"on_nonfinite must be one of \['error', 'stop', 'skip'\], got 'ignore'"):
         PrefOptConfig("out", loss="dpo", on_nonfinite="ignore", use_cpu=True, bf16=False)
+
+
+def test_on_nonfinite_defaults_to_stop_only_for_a_trl_style_config():
+    """TRL's DPOTrainer trains on through NaN, so a TRL-style config (loss chosen by loss_type) gets 'stop': train()
+    returns, as TRL's does, but from finite weights. A prefopt config raises; an explicit value always wins."""
+    common = dict(use_cpu=True, bf16=False)
+    assert PrefOptConfig("out", **common).nonfinite_policy() == "stop"
+    assert PrefOptConfig("out", loss_type=["ipo"], **common).nonfinite_policy() == "stop"
+    assert PrefOptConfig("out", loss="dpo", **common).nonfinite_policy() == "error"
+    assert PrefOptConfig("out", on_nonfinite="error", **common).nonfinite_policy() == "error"
+    assert PrefOptConfig("out", loss="dpo", on_nonfinite="skip", **common).nonfinite_policy() == "skip"
+    late = PrefOptConfig("out", **common)
+    late.loss = "dpo"  # set after construction (as the online round loop does): read when training
+    assert late.nonfinite_policy() == "error"
+
+
+def _weights(model):
+    return {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_stop_ends_training_with_the_weights_of_the_last_finite_step(tmp_path, nan_on_second_call, accumulation):
+    """The loss is NaN on its second call: with accumulation 1 that is step 2 (the weights stay those of step 1);
+    with accumulation 2 it is the second batch of step 1, and the first batch's gradient is not applied alone."""
+    per_device = 4 // accumulation
+    finite = _trainer(tmp_path / "finite", nan_on_second_call, max_steps=1, per_device_train_batch_size=per_device)
+    if accumulation == 1:
+        finite.train()  # one finite call: the weights of step 1
+    expected = _weights(finite.model)  # accumulation 2: the initial weights (same seed, same model)
+    get_loss(nan_on_second_call).function.calls.clear()
+
+    trainer = _trainer(tmp_path / "stopped", nan_on_second_call, on_nonfinite="stop", max_steps=3,
+                       per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation)
+    output = trainer.train()
+    stop_step = 3 - accumulation  # 2 (accumulation 1) or 1
+    assert trainer.nonfinite_stop["step"] == stop_step and trainer.nonfinite_stop["where"] == "loss/nan_on_second_call"
+    assert trainer.state.global_step == stop_step  # no step after the stop
+    assert output.metrics["nonfinite_stopped_at_step"] == stop_step
+    assert [log["nonfinite_stopped_at_step"] for log in trainer.state.log_history if "nonfinite_stopped_at_step" in log][-1:] == [stop_step]
+    weights = _weights(trainer.model)
+    assert all(torch.isfinite(value).all() for value in weights.values())
+    assert all(torch.equal(weights[name], expected[name]) for name in expected)
+    summary = trainer.summary()
+    assert summary["stopped by a non-finite value at step"] == stop_step and summary["non-finite value"] == "loss/nan_on_second_call"
+
+
+def test_a_plain_trl_config_stops_on_non_finite_gradients_and_returns(tmp_path, caplog):
+    """The drop-in case: a plain trl.DPOConfig (as TRL's own tests pass) never raises and never steps into NaN."""
+    from trl import DPOConfig
+
+    settings = config_kwargs(tmp_path)
+    settings.pop("ref_logps_cache_dir")
+    trainer = Trainer(make_model(), train_dataset=pair_dataset(12), processing_class=make_tokenizer(), args=DPOConfig(**settings))
+    parameter = next(iter(trainer.model.parameters()))
+    before = parameter.detach().clone()
+    parameter.register_hook(lambda gradient: gradient * math.nan)
+    with caplog.at_level("ERROR", logger="prefopt.trainer"):
+        trainer.train()
+    assert trainer.nonfinite_stop["step"] == 1 and trainer.nonfinite_stop["where"] == "gradients"
+    assert trainer.state.global_step == 1 and torch.equal(parameter.detach(), before)
+    assert any("stopping training at step 1 (on_nonfinite='stop')" in record.getMessage() for record in caplog.records)
+    assert any("training ended early" in record.getMessage() for record in caplog.records)
+    trainer.train()  # a second call starts afresh (and stops again on the same hook)
+    assert trainer.nonfinite_stop["step"] == 1
