@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import helpers_multiprocess_online
 import helpers_multiprocess_train
 from prefopt.distributed import VERIFIED, accelerate_config_path, list_accelerate_configs
 
@@ -73,6 +74,34 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
     torch.testing.assert_close(two["reference"], one["reference"], rtol=1e-5, atol=1e-5)
     assert len(one["losses"]) == len(two["losses"]) == helpers_multiprocess_train.STEPS
     torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-4, atol=1e-5)
+    for name, value in one["weights"].items():
+        torch.testing.assert_close(two["weights"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_online_rounds_under_two_cpu_processes_match_one_process(tmp_path):
+    """`accelerate launch` of train_online: round data made once (main process), every process trains on it; the
+    rounds' pairs, metrics and the final weights equal a one-process run with the same global batch."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    single, double = tmp_path / "single", tmp_path / "double"
+    command = [accelerate, "launch", "--config_file", str(accelerate_config_path("ddp_cpu")), "--num_processes", "2",
+               "--main_process_port", str(_free_port()), str(Path(helpers_multiprocess_online.__file__)), str(double),
+               str(helpers_multiprocess_online.GLOBAL_BATCH // 2)]
+    launched = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        helpers_multiprocess_online.main(str(single), helpers_multiprocess_online.GLOBAL_BATCH)
+        output, _ = launched.communicate(timeout=600)
+    finally:
+        launched.kill()
+    assert launched.returncode == 0, output[-3000:]
+    one, two = torch.load(single / "result.pt"), torch.load(double / "result.pt")
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["rows"] == two["rows"] and len(one["rows"]) == helpers_multiprocess_online.ROUNDS  # the same pairs per round
+    assert [entry["round"] for entry in two["history"]] == [1, 2]
+    for first, second in zip(one["history"], two["history"]):
+        assert first.keys() == second.keys()
+        for key, value in first.items():
+            assert second[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
     for name, value in one["weights"].items():
         torch.testing.assert_close(two["weights"][name], value, rtol=1e-4, atol=1e-5, msg=name)
 

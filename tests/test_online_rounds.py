@@ -364,3 +364,20 @@ def test_train_loss_is_reported_when_a_round_has_fewer_steps_than_logging_steps(
                           args=args, rounds=1, samples_per_prompt=6, config=OnlineConfig(max_new_tokens=6, eval_samples_per_prompt=1))
     entry = result.history[0]
     assert entry["pairs"] > 0 and math.isfinite(entry["train_loss"])
+
+
+def test_a_round_with_fewer_pairs_than_one_dropped_batch_says_so_and_keeps_the_policy(tmp_path, caplog):
+    """dataloader_drop_last with fewer pairs than a batch leaves no step: the round is reported, not a transformers
+    'max_steps must be set' error, and the policy is unchanged."""
+    from prefopt.rewards import FunctionReward
+
+    args = PrefOptConfig(loss="dpo", **config_kwargs(tmp_path, output_dir=str(tmp_path / "online"), max_steps=-1, num_train_epochs=1,
+                                                     per_device_train_batch_size=len(WORDS_PROMPTS) + 1, dataloader_drop_last=True))
+    with caplog.at_level("WARNING", logger="prefopt.online.rounds"):
+        result = train_online(make_model(), make_tokenizer(), WORDS_PROMPTS, loss="dpo", reward=FunctionReward(good_share), args=args,
+                              rounds=1, samples_per_prompt=6, config=OnlineConfig(max_new_tokens=6, eval_samples_per_prompt=1))
+    entry = result.history[0]
+    assert 0 < entry["pairs"] <= len(WORDS_PROMPTS) and math.isnan(entry["train_loss"])
+    assert any("fewer than one batch of 9 with dataloader_drop_last=True" in record.getMessage() for record in caplog.records)
+    initial = make_model().state_dict()
+    assert all(torch.equal(value, initial[name]) for name, value in result.model.state_dict().items())

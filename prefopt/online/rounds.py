@@ -565,7 +565,16 @@ def train_online(
         round_info, previous_samples = data["info"], data["previous_samples"]
         reference_samples = _shared_json(reference_samples_path, lambda: previous_samples)  # round 1's pi_t is pi_ref
         trainer, logged = None, []
-        if len(rows):
+        # with dataloader_drop_last, a round with fewer pairs than one global batch has no step to train
+        one_batch = (args.per_device_train_batch_size * _distributed_state().num_processes) if args is not None else 1
+        too_few = args is not None and args.dataloader_drop_last and 0 < len(rows) < one_batch
+        if too_few:
+            logger.warning(
+                "round %d: %d pair(s), fewer than one batch of %d with dataloader_drop_last=True: no step to train, the "
+                "policy is unchanged this round (lower the batch size, add prompts or turn dataloader_drop_last off)",
+                round_number, len(rows), one_batch,
+            )
+        elif len(rows):
             round_args = _round_args(args, folder)
             round_args.loss, round_args.loss_kwargs = loss, loss_kwargs or None
             trainer = round_trainer(model, tokenizer, rows, round_args, reference_model=reference_model,
