@@ -189,8 +189,10 @@ def tiny_tokenizer(task):
     return tokenizer
 
 
-def tiny_reference(task, tokenizer):
-    """A 2-layer Llama fitted by plain next-token training to the task's responses (chosen and rejected)."""
+def tiny_reference(task, tokenizer, sft_steps=None):
+    """A 2-layer Llama fitted by plain next-token training to the task's responses (chosen and rejected), for
+    ``sft_steps`` steps (default SFT_STEPS). fdpg_divergences.py and inpo_rounds.py start from the same one."""
+    sft_steps = SFT_STEPS if sft_steps is None else sft_steps
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from prefopt.logprobs import encode, pad_sequences
@@ -209,7 +211,7 @@ def tiny_reference(task, tokenizer):
     optimizer = torch.optim.AdamW(model.parameters(), lr=SFT_LEARNING_RATE)
     generator = torch.Generator().manual_seed(0)
     model.train()
-    for step in range(SFT_STEPS):
+    for step in range(sft_steps):
         chosen = torch.randint(len(sequences), (SFT_BATCH,), generator=generator).tolist()
         batch = pad_sequences([sequences[i] for i in chosen], tokenizer.pad_token_id)
         labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
@@ -218,7 +220,7 @@ def tiny_reference(task, tokenizer):
         loss.backward()
         optimizer.step()
     print(f"tiny reference: {sum(p.numel() for p in model.parameters())} parameters, vocabulary {len(tokenizer)}, "
-          f"response NLL per token after {SFT_STEPS} steps {loss.item():.2f}", flush=True)
+          f"response NLL per token after {sft_steps} steps {loss.item():.2f}", flush=True)
     model.eval()
     return model
 

@@ -181,9 +181,8 @@ def main(argv=None):
 
     task = get_task(TASK)
     satisfied = constraint(task)
-    shared_reference.SFT_STEPS = SFT_STEPS
     tokenizer = shared_reference.tiny_tokenizer(task)
-    reference = shared_reference.tiny_reference(task, tokenizer)
+    reference = shared_reference.tiny_reference(task, tokenizer, SFT_STEPS)
     train_prompts = task.load("pairwise", split="train")["prompt"][:TRAIN_PROMPTS]
     prompts = task.load("pairwise", split="test")["prompt"][:EVAL_PROMPTS]
 

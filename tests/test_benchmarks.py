@@ -36,7 +36,7 @@ def run_smoke(script, tmp_path, monkeypatch):
 
 
 # Studies sharing benchmarks/_reporting.py's result layout (seeds, intervals); the others have their own test below.
-STUDIES = ["compare_losses", "kwise_efficiency", "noise_robustness", "rpo_overoptimisation"]
+STUDIES = ["compare_losses", "fdpg_divergences", "inpo_rounds", "kwise_efficiency", "noise_robustness", "rpo_overoptimisation"]
 OWN_SMOKE_TESTS = ["large_source_memory", "throughput"]
 
 
@@ -125,6 +125,34 @@ def test_rpo_overoptimisation_records_a_curve_per_method(tmp_path, monkeypatch):
         assert all(len(points) == len(report["steps"]) for points in curves.values())
     start = {method: curves["expected_true_reward"][0]["mean"] for method, curves in report["curves"].items()}
     assert len(set(start.values())) == 1  # every method starts from the reference
+
+
+@pytest.mark.slow
+def test_fdpg_divergences_measures_each_divergence_and_the_target(tmp_path, monkeypatch):
+    benchmark, report = run_smoke("fdpg_divergences", tmp_path, monkeypatch)
+    smoke = benchmark.SMOKE
+    assert [row["divergence"] for row in report["summary"]] == smoke["DIVERGENCES"]
+    assert len(report["runs"]) == len(smoke["DIVERGENCES"]) * len(smoke["SEEDS"])
+    assert report["target"]["prompts"] > 0 and report["target"]["satisfaction"] == 1.0  # rejection sampling found target samples
+    for run in report["runs"]:
+        assert 0.0 <= run["satisfaction"] <= 1.0 and 0.0 <= run["distinct_2"] <= 1.0 and run["entropy"] > 0
+        assert run["forward_kl_to_target"] is not None  # measured on the target's samples
+        assert [step for step, _ in run["training_satisfaction"]] == report["steps"]  # FDPGTrainer's own log, every step
+    assert {verdict["claim"] for verdict in report["verdicts"]} >= {"no divergence dominates"}
+    table = (tmp_path / "fdpg_divergences.md").read_text()
+    assert "| target p (rejection sampling" in table and "| reference pi_ref |" in table
+
+
+@pytest.mark.slow
+def test_inpo_rounds_reports_every_method_and_round(tmp_path, monkeypatch):
+    benchmark, report = run_smoke("inpo_rounds", tmp_path, monkeypatch)
+    rounds = benchmark.SMOKE["ROUNDS"]
+    assert {(row["method"], row["round"]) for row in report["summary"]} == {(m, r + 1) for m in benchmark.METHODS for r in range(rounds)}
+    assert all(len(run["rounds"]) == rounds for run in report["runs"])  # train_online's history, one entry per round
+    for run in report["runs"]:  # round 1's previous policy is pi_1 = pi_ref: both win rates compare with the same samples
+        assert run["rounds"][0]["win_rate/previous"] == run["rounds"][0]["win_rate/reference"]
+    assert [entry["round"] for entry in report["paired"]] == list(range(1, rounds + 1))
+    assert sum("beats the previous round" in verdict["claim"] for verdict in report["verdicts"]) == len(benchmark.METHODS)
 
 
 @pytest.mark.slow
