@@ -13,7 +13,7 @@ from datasets import Dataset
 from helpers_trainer import config_kwargs, make_model, make_tokenizer, pair_dataset
 from trl import DPOConfig, DPOTrainer
 
-from prefopt import Trainer
+from prefopt import PrefOptConfig, Trainer
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +125,12 @@ def test_iterable_train_dataset_and_dict_of_eval_datasets(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_that_diverges_to_nan_stops_where_trl_trains_on(model_folder, tmp_path):
-    """The one TRL test that passes on trl.DPOTrainer and not here, by design: `test_train_model_dtype` (float16
-    weights, learning rate 0.1) diverges to NaN after a few steps on both trainers. TRL keeps stepping and ends
-    with NaN parameters (the test checks only that they changed); prefopt stops at the first non-finite step."""
+def test_a_run_that_diverges_to_nan_returns_like_trl_but_stops_at_finite_weights(model_folder, tmp_path):
+    """TRL's `test_train_model_dtype` class: float16 weights at a high learning rate diverge to NaN after a few steps
+    on both trainers. TRL keeps stepping and ends with NaN parameters; its test checks only that train() returns, that
+    train_loss is logged, and that the parameters changed and stayed float16. With a TRL config prefopt does all that
+    too, but stops at the first non-finite step (on_nonfinite='stop'), so every parameter is finite; a prefopt config
+    raises instead."""
     from prefopt._finite import NonFiniteError
 
     def args():
@@ -139,6 +141,15 @@ def test_a_run_that_diverges_to_nan_stops_where_trl_trains_on(model_folder, tmp_
     assert any(torch.isnan(p).any() for p in trl_trainer.model.parameters())  # TRL trained on into NaN weights
 
     trainer = Trainer(model=model_folder, args=args(), train_dataset=pair_dataset())
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.log_history[-1]["train_loss"] is not None
+    assert trainer.nonfinite_stop is not None and trainer.state.global_step < 6
+    assert all(p.dtype == torch.float16 and torch.isfinite(p).all() for p in trainer.model.parameters())  # nothing non-finite applied
+    assert any(not torch.equal(before[name], p) for name, p in trainer.model.named_parameters())  # the finite steps trained
+
+    strict_args = PrefOptConfig(loss="dpo", **config_kwargs(tmp_path / "strict", max_steps=6, learning_rate=100.0,
+                                                             model_init_kwargs={"dtype": torch.float16}))
+    strict = Trainer(model=model_folder, args=strict_args, train_dataset=pair_dataset())
     with pytest.raises(NonFiniteError, match=r"step \d+: (LogProbs\.policy is nan|the gradient is non-finite)"):
-        trainer.train()
-    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # nothing non-finite was applied
+        strict.train()
