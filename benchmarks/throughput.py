@@ -141,11 +141,12 @@ def make_model(kind: str, precision: str, device: str):
 def measure(job: dict) -> dict:
     """Train warmup + steps optimizer steps of one configuration; step times, peak memory."""
     import torch
+
+    from prefopt import PrefOptConfig, Trainer  # first, as in environment()
+
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
-
-    from prefopt import PrefOptConfig, Trainer
 
     device = "cuda" if job["precision"] != "float32" and torch.cuda.is_available() else "cpu"
     model, parameters = make_model(job["model"], job["precision"], device)
@@ -214,13 +215,13 @@ def write_progress(runs: list[dict], mode: str, output: Path) -> None:
 
 
 def environment(mode: str) -> dict:
+    import prefopt  # first: it silences bitsandbytes' optional-kernel message, which trl/peft trigger on import
+
     import datasets
     import peft
     import torch
     import transformers
     import trl
-
-    import prefopt
 
     info = {"prefopt": prefopt.__version__, "trl": trl.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "datasets": datasets.__version__, "torch": torch.__version__,

@@ -16,7 +16,12 @@ per-response log-prob sums are equal up to floating-point summation order.
 Two independent switches (``PrefOptConfig.prefix_sharing``, ``PrefOptConfig.padding_free``):
   * prefix sharing: responses whose (possibly truncated) prompt tokens are identical share one copy;
     responses whose prompts differ after truncation keep their own copy, so truncation never changes
-    what a token sees;
+    what a token sees. Sharing saves the prompt's repeats but makes one row of prompt + K responses,
+    whose attention (a dense masked [T, T] product for eager and sdpa) grows with the square of its
+    length: with long responses after a short prompt (64/512) that costs more than the tokens saved. Given
+    the model's `attention_cost`, a batch (without padding-free) is laid out shared only where its estimated
+    cost, rows x width x (1 + attention_cost x width), is lower than with one row per response (TRL's rows,
+    still scored by the response-only LM head below);
   * padding-free: all examples of the batch go into one row (no padding at all) instead of one row
     per example padded to the longest.
 
@@ -111,8 +116,10 @@ def build_layout(
     prefix_sharing: bool = True,
     padding_free: bool = True,
     pad_token_id: int = 0,
+    attention_cost: float = 0.0,
 ) -> PackedLayout:
-    """Pack a collated batch (see the module docstring). Raises ValueError for a batch not laid out
+    """Pack a collated batch (see the module docstring). ``attention_cost`` (`attention_cost(model)`; 0 = always
+    share) decides between shared rows and one row per response. Raises ValueError for a batch not laid out
     as right-padded ``prompt + response`` rows."""
     num_rows, width = input_ids.shape
     # groups: (prompt ids, [(plain row, response ids), ...]); one list of groups per packed row
@@ -130,8 +137,12 @@ def build_layout(
             packed_rows[0].extend(groups)
         else:
             packed_rows.append(groups)
+    if prefix_sharing and not padding_free and attention_cost > 0:
+        one_per_response = [[(prompt, [response])] for groups in packed_rows for prompt, responses in groups for response in responses]
+        if _estimated_cost(one_per_response, attention_cost) < _estimated_cost(packed_rows, attention_cost):
+            packed_rows = one_per_response
 
-    lengths = [sum(len(p) + sum(len(r) for _, r in rs) for p, rs in groups) for groups in packed_rows]
+    lengths = _row_lengths(packed_rows)
     total_width = max(lengths + [1])
     shape = (len(packed_rows), total_width)
     packed_ids = torch.full(shape, pad_token_id, dtype=torch.long)
@@ -180,6 +191,34 @@ def build_layout(
         plain_positions=torch.cat(plain) if plain else empty,
         plain_shape=(num_rows, width - 1),
     )
+
+
+def _row_lengths(packed_rows) -> list[int]:
+    return [sum(len(prompt) + sum(len(r) for _, r in responses) for prompt, responses in groups) for groups in packed_rows]
+
+
+def _estimated_cost(packed_rows, attention_cost: float) -> float:
+    """Forward cost of a layout in token-equivalents: every padded position goes through the linear layers
+    (1 each) and attends to every position of its row (``attention_cost`` each; the mask does not skip work)."""
+    width = max(_row_lengths(packed_rows) + [1])
+    return len(packed_rows) * width * (1.0 + attention_cost * width)
+
+
+def attention_cost(model) -> float:
+    """The FLOPs of one attended (query, key) pair relative to one token through the backbone's linear layers:
+    4 x layers x attention width (QK^T and AV) over 2 x the linear layers' weights (in x out, so 4-bit packing
+    and adapters do not change it). The LM head is left out: the packed path scores the same response tokens in
+    every layout."""
+    causal_lm = _causal_lm(model)
+    config = causal_lm.config.get_text_config()
+    heads = getattr(config, "num_attention_heads", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    if not heads or not layers:
+        return 0.0  # unknown shape: always share
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    weights = sum(module.in_features * module.out_features for module in causal_lm.base_model.modules()
+                  if isinstance(module, torch.nn.Linear))
+    return 4.0 * layers * heads * head_dim / (2.0 * weights) if weights else 0.0
 
 
 def _causal_lm(model) -> PreTrainedModel:

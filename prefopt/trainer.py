@@ -174,6 +174,7 @@ class Trainer(DPOTrainer):
         self._packing_checked: dict[int, str | None] = {}  # id(model) -> None (packing verified) or the reason not
         self._packing_logged: set[tuple[int, str]] = set()  # fallbacks already logged
         self._packed_layout_cache: tuple | None = None  # (input_ids, switches, layout) of the last batch
+        self._attention_costs: dict[int, float] = {}  # id(model) -> packing.attention_cost (shared rows or one per response)
         # TRL 1.16 logs that its own `padding_free` is disabled; prefopt.packing implements it, so drop that message
         trl_logger = logging.getLogger("trl.trainer.dpo_trainer")
         trl_logger.addFilter(_drop_trl_padding_free_warning)
@@ -444,10 +445,11 @@ class Trainer(DPOTrainer):
         if not (self.args.prefix_sharing or self.args.padding_free):
             return None
         reason = "the forward needs extra outputs (MoE router logits)" if extra_kwargs else None
-        reason = reason or self._packing_checked.get(id(model), packing.unsupported_reason(model))
+        if reason is None:  # the static checks run once per model (they walk its modules: ~6 ms a call)
+            reason = self._packing_checked[id(model)] if id(model) in self._packing_checked else packing.unsupported_reason(model)
         layout = None
         if reason is None:
-            layout = self._layout_for(inputs)
+            layout = self._layout_for(model, inputs)
             if isinstance(layout, str):
                 reason, layout = layout, None
         if reason is None and id(model) not in self._packing_checked:
@@ -463,8 +465,9 @@ class Trainer(DPOTrainer):
             return None
         return layout
 
-    def _layout_for(self, inputs) -> packing.PackedLayout | str:
-        """The batch's packed layout (built once per batch, shared by the policy and reference passes), or why not."""
+    def _layout_for(self, model, inputs) -> packing.PackedLayout | str:
+        """The batch's packed layout (built once per batch, shared by the policy and reference passes, which have
+        the same architecture, so the same `packing.attention_cost`), or why not."""
         switches = (self.args.prefix_sharing, self.args.padding_free)
         cached = self._packed_layout_cache
         if cached is not None and cached[0] is inputs["input_ids"] and cached[1] == switches:
@@ -472,11 +475,14 @@ class Trainer(DPOTrainer):
         response_index = inputs.get("response_index")
         if response_index is None:
             return "the batch has no `response_index` (a collator other than prefopt's)"
+        if id(model) not in self._attention_costs:
+            self._attention_costs[id(model)] = packing.attention_cost(model)
         try:
             layout = packing.build_layout(
                 inputs["input_ids"].cpu(), inputs["attention_mask"].cpu(), inputs["completion_mask"].cpu(),
                 response_index.cpu(), prefix_sharing=self.args.prefix_sharing, padding_free=self.args.padding_free,
                 pad_token_id=getattr(self.data_collator, "pad_token_id", None) or 0,
+                attention_cost=self._attention_costs[id(model)],
             )
         except ValueError as error:
             return f"the batch cannot be packed: {error}"
@@ -624,13 +630,17 @@ class Trainer(DPOTrainer):
         """on_nonfinite="skip" or "stop": a zero loss with no gradient into the model; training_step reports it as
         NaN. "stop" also ends training after this step (`_stop_training`)."""
         self._skipping_batch = True
+        self._stop_or_count(error, step, "a batch")
+        loss = torch.zeros((), device=policy_logps.device, dtype=policy_logps.dtype, requires_grad=True)
+        return (loss, outputs) if return_outputs else loss
+
+    def _stop_or_count(self, error: NonFiniteError, step: int, skipped: str) -> None:
+        """After a non-finite value under on_nonfinite="stop" or "skip": end training, or count the skip and say so."""
         if self.args.nonfinite_policy() == "stop":
             self._stop_training(error, step)
         else:
             self._nonfinite_skipped += 1
-            logger.warning("skipping a batch (on_nonfinite='skip', %d skipped so far): %s", self._nonfinite_skipped, error)
-        loss = torch.zeros((), device=policy_logps.device, dtype=policy_logps.dtype, requires_grad=True)
-        return (loss, outputs) if return_outputs else loss
+            logger.warning("skipping %s (on_nonfinite='skip', %d skipped so far): %s", skipped, self._nonfinite_skipped, error)
 
     def _stop_training(self, error: NonFiniteError, step: int) -> None:
         """on_nonfinite="stop": no update from this optimizer step (the rest of its accumulation window is skipped
@@ -769,11 +779,7 @@ class Trainer(DPOTrainer):
         except NonFiniteError as error:
             if self.args.nonfinite_policy() == "error":
                 raise
-            if self.args.nonfinite_policy() == "stop":
-                self._stop_training(error, self.state.global_step + 1)
-            else:
-                self._nonfinite_skipped += 1
-                logger.warning("skipping the accumulated gradient of this step (on_nonfinite='skip'): %s", error)
+            self._stop_or_count(error, self.state.global_step + 1, "the accumulated gradient of this step")
             self.model.zero_grad(set_to_none=True)
             return torch.full_like(loss, float("nan"))
         self._batches_trained_since_log += 1

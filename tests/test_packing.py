@@ -25,7 +25,8 @@ from prefopt.losses import LogProbs, get_loss, list_losses
 
 VOCAB = 40
 LAYOUTS = [dict(prefix_sharing=True, padding_free=False), dict(prefix_sharing=True, padding_free=True),
-           dict(prefix_sharing=False, padding_free=True)]
+           dict(prefix_sharing=False, padding_free=True),
+           dict(prefix_sharing=True, padding_free=False, attention_cost=1.0)]  # attention dear: one row per response
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,6 +82,32 @@ def test_layout_keeps_differently_truncated_prompts_apart():
                                   batch["response_index"])
     assert layout.input_ids.tolist() == [[5, 6, 7, 8, 9, 3, 4, 5, 6, 10]]  # rows [5,6,7,8,9] and [3,4,5,6,10]
     assert layout.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3, 4]]
+
+
+def test_sharing_is_chosen_by_the_estimated_cost():
+    """rows x width x (1 + c x width): prompt 1, responses 4 and 4. Shared: 1 row of 9 -> 9 (1 + 9c); one row per
+    response: 2 rows of 5 -> 10 (1 + 5c). Sharing wins while 9 + 81c < 10 + 50c, i.e. c < 1/31."""
+    batch = _batch([{"prompt_ids": [3], "completions_ids": [[4, 5, 6, 7], [8, 9, 10, 11]]}])
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"], batch["response_index"])
+    assert packing.build_layout(*inputs, padding_free=False).input_ids.shape == (1, 9)  # no cost given: always share
+    assert packing.build_layout(*inputs, padding_free=False, attention_cost=1 / 32).input_ids.shape == (1, 9)
+    separate = packing.build_layout(*inputs, padding_free=False, attention_cost=1 / 30)
+    assert separate.input_ids.tolist() == [[3, 4, 5, 6, 7], [3, 8, 9, 10, 11]]
+    assert separate.position_ids.tolist() == [[0, 1, 2, 3, 4]] * 2
+    assert packing.build_layout(*inputs, padding_free=True, attention_cost=1.0).input_ids.shape == (1, 9)  # one row anyway
+
+
+def test_attention_cost_of_a_llama_by_hand():
+    """hidden 32, 2 layers, 4 heads of 8, 2 kv heads, MLP 64. Linear weights per layer: q 32x32 + k 32x16 + v 32x16
+    + o 32x32 + gate, up, down 3 x 32x64 = 1024 + 512 + 512 + 1024 + 6144 = 9216; 2 layers 18432.
+    Cost: 4 x 2 x 32 / (2 x 18432) = 256 / 36864."""
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         intermediate_size=64, vocab_size=VOCAB))
+    plain = packing.attention_cost(model)
+    assert plain == pytest.approx(256 / 36864)
+    # LoRA r=4 adds r x (in + out) per adapted layer: 4 x (64 + 48 + 48 + 64 + 96 + 96 + 96) = 2048, x 2 layers
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    assert packing.attention_cost(lora) == pytest.approx(256 / (2 * (18432 + 4096)))
 
 
 def test_layout_refuses_left_padded_rows():
