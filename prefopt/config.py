@@ -157,27 +157,25 @@ class PrefOptConfig(DPOConfig):
     prefix_sharing: bool = field(
         default=True,
         metadata={
-            "help": "Encode each prompt once for all its responses: one packed row [prompt, response_1, ..., "
-            "response_K], each response seeing its prompt but not its siblings, position ids restarting per "
-            "response. Same log-probs as the plain layout up to rounding. Needs eager or sdpa attention (else the "
-            "plain layout, logged). False: TRL's layout."
+            "help": "Encode each prompt once for all its responses (one packed row, each response seeing its "
+            "prompt, not its siblings) where a cost model of the attention says it pays, else one row per response "
+            "(TRL's rows). Same log-probs up to rounding. Needs eager or sdpa attention. False: always TRL's layout."
         },
     )
     padding_free: bool = field(
         default=False,
         metadata={
-            "help": "Pack all examples of a batch into one row without padding (position ids restarting, a "
-            "block mask keeping examples apart) instead of one row per example padded to the longest. Works with "
-            "or without `prefix_sharing`. (TRL 1.16 disables its own padding_free; prefopt implements it.)"
+            "help": "Pack all examples of a batch into one row without padding (position ids restarting, a block "
+            "mask keeping examples apart), with or without `prefix_sharing`. TRL 1.16 disables its own; prefopt "
+            "implements it."
         },
     )
 
     on_nonfinite: str | None = field(
         default=None,
         metadata={
-            "help": "On a NaN/inf in a training step: 'error' (raise, naming it), 'stop' (end training at the last finite "
-            "weights, with a warning) or 'skip' (skip the batch, counted). Default: 'error', or 'stop' for a TRL-style "
-            "config (loss chosen by loss_type), where TRL itself would train on.",
+            "help": "NaN/inf in a step: error (raise), stop (end at the last finite weights) or skip (counted). "
+            "Default: stop for a TRL-style config, else error.",
             "choices": list(ON_NONFINITE),
         },
     )

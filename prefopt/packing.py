@@ -76,6 +76,9 @@ class PackedLayout:
     target_ids: torch.Tensor
     plain_positions: torch.Tensor
     plain_shape: tuple[int, int]
+    # every row is one prompt + one response (nothing shared, nothing packed beside it): the model's own causal
+    # mask over a 2D padding mask is then exact, and lets attention take its causal fast path
+    one_sequence_per_row: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -190,6 +193,7 @@ def build_layout(
         target_ids=torch.cat(targets) if targets else empty,
         plain_positions=torch.cat(plain) if plain else empty,
         plain_shape=(num_rows, width - 1),
+        one_sequence_per_row=all(len(groups) == 1 and len(groups[0][1]) == 1 for groups in packed_rows),
     )
 
 
@@ -257,10 +261,14 @@ def packed_forward(model, layout: PackedLayout, outputs: tuple[str, ...] = METRI
     dtype = next(p.dtype for p in causal_lm.parameters() if p.dtype.is_floating_point)
     if torch.is_autocast_enabled(device.type):
         dtype = torch.get_autocast_dtype(device.type)
+    if layout.one_sequence_per_row:  # padding has negative group ids
+        attention_mask = (layout.group_ids > 0).to(device=device, dtype=torch.long)
+    else:
+        attention_mask = _additive_mask(layout.attention_mask(device), dtype)
     hidden = causal_lm.base_model(
         input_ids=layout.input_ids.to(device),
         position_ids=layout.position_ids.to(device),
-        attention_mask=_additive_mask(layout.attention_mask(device), dtype),
+        attention_mask=attention_mask,
         use_cache=False,
     ).last_hidden_state
     scored = hidden.reshape(-1, hidden.size(-1))[layout.source_positions.to(device)]

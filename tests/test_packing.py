@@ -94,6 +94,7 @@ def test_sharing_is_chosen_by_the_estimated_cost():
     separate = packing.build_layout(*inputs, padding_free=False, attention_cost=1 / 30)
     assert separate.input_ids.tolist() == [[3, 4, 5, 6, 7], [3, 8, 9, 10, 11]]
     assert separate.position_ids.tolist() == [[0, 1, 2, 3, 4]] * 2
+    assert separate.one_sequence_per_row  # the forward then takes a 2D padding mask (the model's causal path)
     assert packing.build_layout(*inputs, padding_free=True, attention_cost=1.0).input_ids.shape == (1, 9)  # one row anyway
 
 
