@@ -214,6 +214,18 @@ def write_progress(runs: list[dict], mode: str, output: Path) -> None:
     (output / f"throughput_{mode}.partial.json").write_text(json.dumps(runs, indent=2))
 
 
+def source_commit() -> str:
+    """The git commit of the measured code, '+changes' when the working tree differs; 'unknown' outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "prefopt", "losses", "data"], cwd=root,
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if changed else "")
+
+
 def environment(mode: str) -> dict:
     import prefopt  # first: it silences bitsandbytes' optional-kernel message, which trl/peft trigger on import
 
@@ -228,7 +240,7 @@ def environment(mode: str) -> dict:
             "python": platform.python_version(), "machine": platform.machine(),
             "processor": platform.processor() or "unknown", "cpu_count": os.cpu_count(),
             "load_average_at_start": os.getloadavg(), "thread_environment": THREAD_ENVIRONMENT,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "prefopt_commit": source_commit()}
     if mode == "gpu" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
