@@ -53,21 +53,28 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path):
+def _launch_beside_one_process(helper: Path, double: Path, two_process_args: list[str], run_single, timeout: int):
+    """`accelerate launch` ``helper`` on 2 CPU processes writing to ``double``, while ``run_single()`` makes the
+    one-process run in this process; fails with the launch's output if it does."""
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    assert accelerate, "the accelerate command is not installed next to this Python"
-    single, double = tmp_path / "single", tmp_path / "double"
     command = [accelerate, "launch", "--config_file", str(accelerate_config_path("ddp_cpu")), "--num_processes", "2",
-               "--main_process_port", str(_free_port()), str(HELPER), str(double), str(tmp_path / "cache2"),
-               str(helpers_multiprocess_train.GLOBAL_BATCH // 2)]
+               "--main_process_port", str(_free_port()), str(helper), str(double), *two_process_args]
     launched = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:  # the single-process run, in this process, while the two others start
-        helpers_multiprocess_train.main(str(single), str(tmp_path / "cache1"), helpers_multiprocess_train.GLOBAL_BATCH)
-        output, _ = launched.communicate(timeout=300)
+        run_single()
+        output, _ = launched.communicate(timeout=timeout)
     finally:
         launched.kill()
     assert launched.returncode == 0, output[-3000:]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    _launch_beside_one_process(
+        HELPER, double, [str(tmp_path / "cache2"), str(helpers_multiprocess_train.GLOBAL_BATCH // 2)],
+        lambda: helpers_multiprocess_train.main(str(single), str(tmp_path / "cache1"), helpers_multiprocess_train.GLOBAL_BATCH),
+        timeout=300)
     one, two = torch.load(single / "result.pt"), torch.load(double / "result.pt")
     assert (one["processes"], two["processes"]) == (1, 2)
     assert one["misses"] == two["misses"] == 1  # each computed (and cached) its reference table
@@ -82,18 +89,10 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
 def test_online_rounds_under_two_cpu_processes_match_one_process(tmp_path):
     """`accelerate launch` of train_online: round data made once (main process), every process trains on it; the
     rounds' pairs, metrics and the final weights equal a one-process run with the same global batch."""
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     single, double = tmp_path / "single", tmp_path / "double"
-    command = [accelerate, "launch", "--config_file", str(accelerate_config_path("ddp_cpu")), "--num_processes", "2",
-               "--main_process_port", str(_free_port()), str(Path(helpers_multiprocess_online.__file__)), str(double),
-               str(helpers_multiprocess_online.GLOBAL_BATCH // 2)]
-    launched = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        helpers_multiprocess_online.main(str(single), helpers_multiprocess_online.GLOBAL_BATCH)
-        output, _ = launched.communicate(timeout=600)
-    finally:
-        launched.kill()
-    assert launched.returncode == 0, output[-3000:]
+    _launch_beside_one_process(
+        Path(helpers_multiprocess_online.__file__), double, [str(helpers_multiprocess_online.GLOBAL_BATCH // 2)],
+        lambda: helpers_multiprocess_online.main(str(single), helpers_multiprocess_online.GLOBAL_BATCH), timeout=600)
     one, two = torch.load(single / "result.pt"), torch.load(double / "result.pt")
     assert (one["processes"], two["processes"]) == (1, 2)
     assert one["rows"] == two["rows"] and len(one["rows"]) == helpers_multiprocess_online.ROUNDS  # the same pairs per round
