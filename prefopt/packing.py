@@ -32,7 +32,8 @@ without Triton, e.g. CPU). The per-token results are scattered back to TRL's [N,
 trainer's log-prob sums and metrics read them unchanged.
 
 Whether a model can take the custom mask is decided by `unsupported_reason` (static checks) and, once
-per model, by comparing packed and plain log-probs on a real batch (`Trainer` does this); where either
+per model and mask kind (block mask, or `PackedLayout.one_sequence_per_row`), by comparing packed and plain
+log-probs on a real batch (`Trainer` does this); where either
 fails the trainer logs the reason and uses the plain path.
 """
 

@@ -171,7 +171,10 @@ class Trainer(DPOTrainer):
             )
 
         self.packing_fallback_reason: str | None = None  # why the last forward used the plain layout, if it did
-        self._packing_checked: dict[int, str | None] = {}  # id(model) -> None (packing verified) or the reason not
+        self._packing_static: dict[int, str | None] = {}  # id(model) -> why it cannot pack at all (None: it may)
+        # (id(model), layout.one_sequence_per_row) -> None (verified) or the reason not: the block-mask and the
+        # 2D-mask layouts go through different attention paths, so each is verified on its first batch
+        self._packing_checked: dict[tuple[int, bool], str | None] = {}
         self._packing_logged: set[tuple[int, str]] = set()  # fallbacks already logged
         self._packed_layout_cache: tuple | None = None  # (input_ids, switches, layout) of the last batch
         self._attention_costs: dict[int, float] = {}  # id(model) -> packing.attention_cost (shared rows or one per response)
@@ -440,23 +443,31 @@ class Trainer(DPOTrainer):
     def _packed_layout(self, model, inputs, extra_kwargs) -> packing.PackedLayout | None:
         """The packed layout of ``inputs`` for ``model``, or None (reason in `packing_fallback_reason`) when
         packing is switched off or cannot serve this model or batch. A model is verified once: its packed
-        per-token log-probs on the first batch must equal the plain ones (see `packing.mismatch_reason`)."""
+        per-token log-probs on the first batch of each mask kind (block mask, or one sequence per row with a 2D
+        mask) must equal the plain ones (see `packing.mismatch_reason`); a mismatch turns packing off for the model."""
         self.packing_fallback_reason = None
         if not (self.args.prefix_sharing or self.args.padding_free):
             return None
         reason = "the forward needs extra outputs (MoE router logits)" if extra_kwargs else None
         if reason is None:  # the static checks run once per model (they walk its modules: ~6 ms a call)
-            reason = self._packing_checked[id(model)] if id(model) in self._packing_checked else packing.unsupported_reason(model)
+            if id(model) not in self._packing_static:
+                self._packing_static[id(model)] = packing.unsupported_reason(model)
+            reason = self._packing_static[id(model)]
         layout = None
         if reason is None:
             layout = self._layout_for(model, inputs)
             if isinstance(layout, str):
                 reason, layout = layout, None
-        if reason is None and id(model) not in self._packing_checked:
-            reason = self._verify_packing(model, inputs, layout)
-            self._packing_checked[id(model)] = reason
-            if reason is None:
-                logger.info("packed forward verified for %s", type(model).__name__)
+        if reason is None:
+            key = (id(model), layout.one_sequence_per_row)
+            if key not in self._packing_checked:
+                self._packing_checked[key] = self._verify_packing(model, inputs, layout)
+                if self._packing_checked[key] is None:
+                    logger.info("packed forward verified for %s (%s)", type(model).__name__,
+                                "one sequence per row" if key[1] else "block mask")
+                else:  # one failed kind is enough to distrust the model's masking: plain for the rest of the run
+                    self._packing_static[id(model)] = self._packing_checked[key]
+            reason = self._packing_checked[key]
         if reason is not None:
             if (id(model), reason) not in self._packing_logged:
                 logger.warning("prefopt: using the plain (unpacked) forward for %s: %s", type(model).__name__, reason)

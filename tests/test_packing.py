@@ -286,6 +286,31 @@ def test_a_model_that_ignores_the_mask_is_caught_by_the_first_batch_check(tmp_pa
     assert "differ by up to" in trainer.packing_fallback_reason
 
 
+def test_each_mask_kind_is_verified_on_its_first_batch(tmp_path, monkeypatch):
+    """A batch laid out one sequence per row (2D mask) verifies nothing about the block mask of a shared row:
+    the first shared batch is checked again, and a model whose block mask leaks is caught there."""
+    original = packing.build_layout
+    calls = []
+
+    def first_unshared_then_leaky_shared(*args, **kwargs):
+        calls.append(len(calls))
+        kwargs["attention_cost"] = 1e3 if len(calls) == 1 else 0.0  # attention dear, then free
+        layout = original(*args, **kwargs)
+        layout.segment_ids = torch.zeros_like(layout.segment_ids)  # a block mask would let siblings see each other
+        return layout
+
+    monkeypatch.setattr(packing, "build_layout", first_unshared_then_leaky_shared)
+    trainer = _trainer(tmp_path)
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.compute_loss(trainer.model, inputs)
+    assert trainer.packing_fallback_reason is None and trainer._packed_layout_cache[2].one_sequence_per_row
+    trainer.compute_loss(trainer.model, dict(inputs, input_ids=inputs["input_ids"].clone()))  # a new batch: shared
+    assert "differ by up to" in trainer.packing_fallback_reason
+    trainer.compute_loss(trainer.model, dict(inputs, input_ids=inputs["input_ids"].clone()))
+    assert "differ by up to" in trainer.packing_fallback_reason  # the model stays on the plain path
+    assert len(calls) == 2
+
+
 def test_training_with_packing_matches_training_without(tmp_path):
     """Three optimizer steps on rankings, packed and plain, from the same start: the same logged losses."""
     logs = {}
