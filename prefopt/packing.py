@@ -212,8 +212,8 @@ def _estimated_cost(packed_rows, attention_cost: float) -> float:
 def attention_cost(model) -> float:
     """The FLOPs of one attended (query, key) pair relative to one token through the backbone's linear layers:
     4 x layers x attention width (QK^T and AV) over 2 x the linear layers' weights (in x out, so 4-bit packing
-    and adapters do not change it). The LM head is left out: the packed path scores the same response tokens in
-    every layout."""
+    does not change it; a LoRA adapter's own small Linear layers count too). The LM head is left out: the packed
+    path scores the same response tokens in every layout."""
     causal_lm = _causal_lm(model)
     config = causal_lm.config.get_text_config()
     heads = getattr(config, "num_attention_heads", None)
