@@ -1,7 +1,7 @@
 """Which loss to pick: every registered loss that can train on a bundled task, in its own mode, same budget, several seeds.
 
 The losses come from the registry and the field providers (prefopt.main_job.trainable_losses, with
-prefopt.fields.servable_fields deciding whether a ranked loss can take the task's K = 4 rankings),
+prefopt.training.fields.servable_fields deciding whether a ranked loss can take the task's K = 4 rankings),
 never from a hand-kept list: a loss registered tomorrow is benchmarked tomorrow. Each run has a mode:
   - pairwise: an offline loss on the task's pairwise rows (prefopt.Trainer);
   - kwise: a ranked loss (plackett_luce) on the task's K = 4 rankings (prefopt.Trainer);
@@ -9,7 +9,7 @@ never from a hand-kept list: a loss registered tomorrow is benchmarked tomorrow.
     (inpo: log pi_t of the round's samples) or that offers an online mode (vpo, mode="online": calibration
     samples); every round samples K responses per prompt from the current policy, pairs the best and worst
     under the task's reward as a Bradley-Terry oracle, and trains on those pairs;
-  - on-policy: prefopt.fdpg.FDPGTrainer, a loss that needs the proposal/target log-probs of samples drawn
+  - on-policy: prefopt.methods.fdpg.trainer.FDPGTrainer, a loss that needs the proposal/target log-probs of samples drawn
     every step (fdpg, target="rlhf": P = pi_ref exp(r / beta) with the task's reward, beta its default).
 Which mode fills which missing field is the one mapping kept here (FIELD_DRIVERS); a loss whose missing
 fields no driver fills on this task (bvpo: reasoning traces) is listed as not trained, with the reason.
@@ -96,7 +96,7 @@ FIELD_DRIVERS = {
     "calibration_policy": "online rounds", "calibration_reference": "online rounds",  # its calibration samples (vpo online)
     "proposal": "on-policy", "target": "on-policy",  # FDPGTrainer scores every step's samples under q and P (fdpg)
 }
-DRIVERS = {"online rounds": "prefopt.online.train_online", "on-policy": "prefopt.fdpg.FDPGTrainer"}
+DRIVERS = {"online rounds": "prefopt.online.train_online", "on-policy": "prefopt.methods.fdpg.trainer.FDPGTrainer"}
 # Why a field that no driver fills here cannot be made meaningfully for this task (else the provider's own words).
 NOT_ON_THIS_TASK = {
     field: ("the empty-trace view of reasoning traces (answers generated with reasoning on and off); the task has no "
@@ -112,7 +112,7 @@ Run = collections.namedtuple("Run", "label loss mode")  # label: the loss, or "<
 
 def plan(task):
     """Every `Run` (label, loss, mode) that can train on the task, and (loss, why not) for the other losses."""
-    from prefopt.fields import resolve_providers, servable_fields
+    from prefopt.training.fields import resolve_providers, servable_fields
     from prefopt.losses import get_loss, list_losses
     from prefopt.main_job import trainable_losses
 
@@ -322,9 +322,9 @@ def train_rounds(run, seed, output_dir, reference, tokenizer, lora, data, task):
 
 
 def train_on_policy(run, seed, output_dir, reference, tokenizer, lora, data, task):
-    """on-policy: prefopt.fdpg.FDPGTrainer towards P = pi_ref exp(r / beta) (target="rlhf", the task's reward, beta its
+    """on-policy: prefopt.methods.fdpg.trainer.FDPGTrainer towards P = pi_ref exp(r / beta) (target="rlhf", the task's reward, beta its
     default), STEPS steps of 2 x BATCH_SIZE / FDPG_SAMPLES prompts x FDPG_SAMPLES samples."""
-    from prefopt.fdpg import FDPGTrainer
+    from prefopt.methods.fdpg.trainer import FDPGTrainer
 
     prompts_per_step = max(1, 2 * BATCH_SIZE // FDPG_SAMPLES)
     trainer = FDPGTrainer(copy.deepcopy(reference).train(), tokenizer, data["prompts"][: STEPS * prompts_per_step], target="rlhf",
@@ -341,7 +341,7 @@ def fdpg_beta():
     """FDPGTrainer's default beta of the RLHF target, which the on-policy runs keep."""
     import inspect
 
-    from prefopt.fdpg import FDPGTrainer
+    from prefopt.methods.fdpg.trainer import FDPGTrainer
 
     return inspect.signature(FDPGTrainer).parameters["beta"].default
 
@@ -462,7 +462,7 @@ def main(argv=None):
         f"x {BATCH_SIZE} pairs (prefopt.online.train_online: each round samples {ONLINE_SAMPLES} responses for each of "
         f"{len(data['prompts'][: STEPS // ROUNDS * BATCH_SIZE])} training prompts from the current policy and pairs the best and worst under the task's "
         f"reward as a Bradley-Terry oracle); on-policy {STEPS} steps x {prompts_per_step} prompts x {FDPG_SAMPLES} samples "
-        f"(prefopt.fdpg.FDPGTrainer, target='rlhf' with the task's reward, beta {fdpg_beta()}). The online modes also sample, which "
+        f"(prefopt.methods.fdpg.trainer.FDPGTrainer, target='rlhf' with the task's reward, beta {fdpg_beta()}). The online modes also sample, which "
         "their train times include, and never see the task's labelled responses.",
         "",
         "| loss | mode | win rate vs reference | true reward | held-out preference accuracy | reward margin | KL(pi \\|\\| pi_ref) | "

@@ -8,7 +8,7 @@ Setting (GDC-style, as the paper's pointwise constraints): the target is the ref
 responses that satisfy a binary constraint, p(y|x) = pi_ref(y|x) b(x, y) / Z(x), with b = "the review is
 strongly in the requested sentiment" (the bundled sentiment task's reward >= CONSTRAINT_THRESHOLD; about 15%
 of the reference's samples). The reference is the tiny word-level Llama that compare_losses.py builds and fits
-in-script to the task's responses. Each divergence trains with prefopt.fdpg.FDPGTrainer (target="constraint",
+in-script to the task's responses. Each divergence trains with prefopt.methods.fdpg.trainer.FDPGTrainer (target="constraint",
 on-policy: every step samples from the policy) for the same steps, prompts, samples, learning rate and seeds.
 
 Because p is pi_ref restricted, it can be sampled exactly by rejection sampling from pi_ref (TARGET_DRAWS draws
@@ -21,7 +21,7 @@ samples per prompt from the trained policy), mean and 95% t-interval over seeds:
   - distance to the target: forward KL(p || pi) = E_p[log p - log pi], estimated on the target's samples (the
     paper's main metric; it is infinite for a policy that gives a target response no mass, so it punishes
     collapse), and KL(pi || pi_ref) on the policy's samples (how far it moved);
-  - the f-DPG training log (prefopt.fdpg): constraint satisfaction of each step's on-policy samples.
+  - the f-DPG training log (prefopt.methods.fdpg.trainer): constraint satisfaction of each step's on-policy samples.
 A divergence "dominates" another when it is better on at least one of satisfaction, distinct-2 and KL(p || pi)
 and worse on none, each by non-overlapping intervals.
 Writes fdpg_divergences.{json,md,png} to benchmarks/results/ (or --output). --smoke: seconds (CI).
@@ -80,7 +80,7 @@ def scored(model, tokenizer, prompts, texts):
 
 def mean_distinct(groups, n):
     """distinct-n within each prompt's samples, averaged over prompts."""
-    from prefopt.fdpg import distinct_n
+    from prefopt.methods.fdpg.trainer import distinct_n
 
     return sum(distinct_n(group, n) for group in groups) / len(groups)
 
@@ -144,7 +144,7 @@ def train(divergence, seed, reference, tokenizer, prompts, satisfied):
     import copy
 
     from prefopt import PrefOptConfig
-    from prefopt.fdpg import FDPGTrainer
+    from prefopt.methods.fdpg.trainer import FDPGTrainer
 
     with tempfile.TemporaryDirectory(prefix="prefopt-fdpg-benchmark-") as output_dir:
         args = PrefOptConfig(output_dir, loss="fdpg", loss_kwargs={"divergence": divergence}, max_steps=STEPS, seed=seed,
@@ -243,7 +243,7 @@ def main(argv=None):
 
     lines = [
         f"f-DPG towards p = pi_ref restricted to {TASK!r} reviews with reward >= {CONSTRAINT_THRESHOLD} (the reference "
-        f"satisfies it {acceptance:.1%} of the time), prefopt.fdpg.FDPGTrainer, {STEPS} steps x {PROMPTS_PER_STEP} prompts x "
+        f"satisfies it {acceptance:.1%} of the time), prefopt.methods.fdpg.trainer.FDPGTrainer, {STEPS} steps x {PROMPTS_PER_STEP} prompts x "
         f"{SAMPLES_PER_PROMPT} on-policy samples, learning rate {LEARNING_RATE}, from the tiny word-level Llama of compare_losses.py; "
         f"{EVAL_PROMPTS} held-out prompts x {EVAL_SAMPLES} samples; mean [95% t-interval] over {len(SEEDS)} seeds.",
         "",

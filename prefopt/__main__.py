@@ -1,5 +1,5 @@
 """``python -m prefopt``: the same as the ``prefopt`` command."""
 
-from prefopt.cli import main
+from prefopt.cli.main import main
 
 main()

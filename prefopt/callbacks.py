@@ -7,7 +7,7 @@
 Both need the trainer itself (to evaluate, to reach the reference model); `prefopt.Trainer` hands it
 over by calling `bind_trainer(trainer)` after construction. Any other `TrainerCallback` works unchanged.
 
-Sampling callbacks (generation with `prefopt.online.generate`, judged by `prefopt.rewards`):
+Sampling callbacks (generation with `prefopt.online.generate`, judged by `prefopt.online.rewards`):
 
     WinRateCallback(prompts, reward_or_oracle, every_n_steps=100, n=1)   # logs win_rate and its interval
     SampleTableCallback(prompts, every_n_steps=100)                      # completions as a tracker table
@@ -221,7 +221,7 @@ def _is_oracle(judge) -> bool:
     """An oracle takes (prompts, first, second); a reward takes (prompts, responses)."""
     import inspect
 
-    from prefopt.rewards import BradleyTerryOracle, JudgeOracle
+    from prefopt.online.rewards import BradleyTerryOracle, JudgeOracle
 
     if isinstance(judge, (BradleyTerryOracle, JudgeOracle)):
         return True
@@ -263,7 +263,7 @@ class WinRateCallback(StatefulCallback):
 
     Samples ``n`` responses per prompt from the policy and from the reference with
     `prefopt.online.generate` (same seed per evaluation, so both sides draw the same random numbers),
-    judges each (policy, reference) pair under ``judge`` (any `prefopt.rewards` reward ``(prompts,
+    judges each (policy, reference) pair under ``judge`` (any `prefopt.online.rewards` reward ``(prompts,
     responses) -> [N]`` or oracle ``(prompts, first, second) -> P(first > second)``), and logs through the
     trainer's log (so every ``report_to`` tracker gets it) ``{prefix}`` (the mean win, ties count half),
     ``{prefix}_ci_low`` / ``{prefix}_ci_high`` (Wilson interval at ``confidence``, treating every
@@ -312,7 +312,7 @@ class WinRateCallback(StatefulCallback):
     def _reference_samples(self, seed: int) -> list[list[str]]:
         from trl.trainer.utils import use_adapter
 
-        from prefopt.online import generate
+        from prefopt.online.sampling import generate
 
         tokenizer = self.trainer.processing_class
         model, context = self.reference, None
@@ -326,7 +326,7 @@ class WinRateCallback(StatefulCallback):
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Sample both sides, judge them, log and return the metrics (also called by `on_step_end`)."""
-        from prefopt.online import generate
+        from prefopt.online.sampling import generate
 
         if self.trainer is None:
             raise RuntimeError("WinRateCallback needs prefopt.Trainer (which calls bind_trainer)")
@@ -424,7 +424,7 @@ class SampleTableCallback(StatefulCallback):
 
     def sample(self, step: int) -> list[dict[str, Any]]:
         """This step's rows (sampled with seed ``seed + step``); also called by `on_step_end`."""
-        from prefopt.online import generate
+        from prefopt.online.sampling import generate
 
         if self.trainer is None:
             raise RuntimeError("SampleTableCallback needs prefopt.Trainer (which calls bind_trainer)")

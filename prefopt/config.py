@@ -19,7 +19,7 @@ from typing import Any
 from trl import DPOConfig
 
 from prefopt._cache import cache_root
-from prefopt._finite import ON_NONFINITE
+from prefopt.training.nonfinite import ON_NONFINITE
 from prefopt.losses import combine_losses, get_loss, list_losses
 
 # DPOConfig fields that TRL passes to its losses, and the registry hyper-parameter names they fill

@@ -100,7 +100,7 @@ def trainable_losses(task: str = TASK) -> list[str]:
     """Registered losses the main job can train on the task's pairwise rows: K = 2 allowed, and every
     field they need has a field provider that can fill it from those rows."""
     from prefopt.data import get_task
-    from prefopt.fields import servable_fields
+    from prefopt.training.fields import servable_fields
     from prefopt.losses import get_loss, list_losses
 
     first_row = get_task(task).load("pairwise", split="train")[0]

@@ -170,7 +170,7 @@ def test_compare_losses_takes_its_losses_from_the_registry(monkeypatch):
     """Which losses train, on which rows or in which online mode, comes from trainable_losses, the field
     providers and the loss specs; every registered loss is trained or listed with its reason."""
     from prefopt.data import get_task
-    from prefopt.fields import servable_fields
+    from prefopt.training.fields import servable_fields
     from prefopt.losses import get_loss, list_losses
     from prefopt.main_job import trainable_losses
 
@@ -199,7 +199,7 @@ def test_compare_losses_takes_its_losses_from_the_registry(monkeypatch):
 def test_compare_losses_names_a_loss_no_driver_can_feed(monkeypatch):
     """A loss needing a field that neither a provider nor a driver fills is listed with the provider's own words."""
     from prefopt.data import get_task
-    from prefopt.fields import FieldProvider
+    from prefopt.training.fields import FieldProvider
 
     benchmark = load("compare_losses", monkeypatch)
     monkeypatch.setattr(benchmark, "NOT_ON_THIS_TASK", {})

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from helpers_models import save_tiny_checkpoint
-from prefopt import cli, main_job, models
+from prefopt import main_job, models
+from prefopt.cli import main as cli
 from prefopt.losses import get_loss, list_losses
 
 

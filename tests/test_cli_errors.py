@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from helpers_models import save_tiny_checkpoint
-from prefopt import cli
+from prefopt.cli import main as cli
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ from transformers import TrainerCallback
 
 from helpers_trainer import config_kwargs, make_model, make_tokenizer
 from prefopt import PrefOptConfig
-from prefopt.fdpg import FDPGState, LogPartitionEstimate, distinct_n
+from prefopt.methods.fdpg.trainer import FDPGState, LogPartitionEstimate, distinct_n
 from prefopt.losses.fdpg import pointwise_divergence, pseudo_reward
 from prefopt.online import FDPGTrainer
 from prefopt.rewards import FunctionReward
-from prefopt.trainer import LOSS_STATE_FILE
+from prefopt.training.trainer import LOSS_STATE_FILE
 
 PROMPTS = [[{"role": "user", "content": text}] for text in ("say", "tell", "please say", "say please")]
 
@@ -256,7 +256,7 @@ def test_fdpg_command_trains_a_lora_adapter_and_prints_the_metrics(tmp_path, tar
     import json
 
     from helpers_models import save_tiny_checkpoint
-    from prefopt import cli
+    from prefopt.cli import main as cli
 
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny")
     prompts = tmp_path / "prompts.jsonl"
@@ -271,8 +271,8 @@ def test_fdpg_command_trains_a_lora_adapter_and_prints_the_metrics(tmp_path, tar
 
 
 def test_fdpg_command_refuses_an_unknown_constraint(tmp_path):
-    from prefopt.cli import UserError
-    from prefopt.fdpg import main
+    from prefopt.cli.main import UserError
+    from prefopt.methods.fdpg.trainer import main
 
     with pytest.raises(UserError, match="'task' or 'regex:PATTERN'"):
         main(["--target", "constraint", "--constraint", "contains good", "--prompts", "arithmetic"])

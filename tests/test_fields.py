@@ -8,7 +8,7 @@ import torch
 
 from helpers_trainer import config_kwargs, make_model, make_tokenizer, pair_dataset
 from prefopt import PrefOptConfig, Trainer
-from prefopt.fields import FieldProvider, ModelField, SampleField, Unavailable, resolve_providers, servable_fields
+from prefopt.training.fields import FieldProvider, ModelField, SampleField, Unavailable, resolve_providers, servable_fields
 from prefopt.logprobs import preference_accuracy, score
 from prefopt.losses import LOGPROBS_FIELDS
 
@@ -21,7 +21,7 @@ def _first_batch(trainer):
 
 
 def test_every_logprobs_field_has_a_step_computation_or_a_default_provider():
-    from prefopt.fields import STEP_FIELDS
+    from prefopt.training.fields import STEP_FIELDS
 
     providers = resolve_providers()
     assert set(providers) | set(STEP_FIELDS) == set(LOGPROBS_FIELDS)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from helpers_losses import full_batch
 from helpers_trainer import config_kwargs, kwise_dataset, make_model, make_tokenizer, pair_dataset
 from prefopt import PrefOptConfig, Trainer
-from prefopt._finite import NonFiniteError, check_gradients, check_inputs, check_losses
+from prefopt.training.nonfinite import NonFiniteError, check_gradients, check_inputs, check_losses
 from prefopt.losses._batch import LOG_ZERO_FIELDS
 from prefopt.losses import LOGPROBS_FIELDS, LogProbs, get_loss, list_losses, register_loss, unregister_loss
 
@@ -210,7 +210,7 @@ def test_a_plain_trl_config_stops_on_non_finite_gradients_and_returns(tmp_path, 
     parameter = next(iter(trainer.model.parameters()))
     before = parameter.detach().clone()
     parameter.register_hook(lambda gradient: gradient * math.nan)
-    with caplog.at_level("ERROR", logger="prefopt.trainer"):
+    with caplog.at_level("ERROR", logger="prefopt.training.trainer"):
         trainer.train()
     assert trainer.nonfinite_stop["step"] == 1 and trainer.nonfinite_stop["where"] == "gradients"
     assert trainer.state.global_step == 1 and torch.equal(parameter.detach(), before)

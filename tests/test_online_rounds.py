@@ -323,7 +323,7 @@ def test_resume_after_a_kill_inside_a_round_equals_the_uninterrupted_run(tmp_pat
 
 
 def test_online_command_options_come_from_yaml_and_flags(tmp_path):
-    from prefopt.online.command import parse_online_arguments
+    from prefopt.cli.online import parse_online_arguments
 
     config = tmp_path / "online.yaml"
     config.write_text("prompts: sentiment\nrounds: 2\nranking: best_worst\nlearning_rate: 1.0e-4\nloss: vpo\n")
@@ -337,7 +337,7 @@ def test_online_command_options_come_from_yaml_and_flags(tmp_path):
 @pytest.mark.slow
 def test_online_command_runs_a_round_on_a_tiny_checkpoint(tmp_path, capsys):
     from helpers_models import save_tiny_checkpoint
-    from prefopt import cli
+    from prefopt.cli import main as cli
 
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny")
     prompts = tmp_path / "prompts.txt"

@@ -1,4 +1,4 @@
-"""prefopt.packing: the packed forward (shared prompts, padding-free rows) gives the plain path's log-probs,
+"""prefopt.training.packing: the packed forward (shared prompts, padding-free rows) gives the plain path's log-probs,
 losses and gradients, and the trainer falls back to the plain path, with a reason, where it cannot.
 
 The model is a tiny Llama in float64 with a LoRA adapter whose B matrices are non-zero (PEFT's
@@ -18,9 +18,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from trl.trainer.utils import add_fused_lm_head
 
 from helpers_trainer import config_kwargs, kwise_dataset, make_model, make_tokenizer, pair_dataset
-from prefopt import PrefOptConfig, Trainer, packing
-from prefopt._trainer_data import PreferenceCollator
-from prefopt.fields import STEP_FIELDS, ColumnField, as_matrix, default_providers
+from prefopt import PrefOptConfig, Trainer
+from prefopt.training import packing
+from prefopt.training.batching import PreferenceCollator
+from prefopt.training.fields import STEP_FIELDS, ColumnField, as_matrix, default_providers
 from prefopt.losses import LogProbs, get_loss, list_losses
 
 VOCAB = 40

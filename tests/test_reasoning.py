@@ -13,7 +13,7 @@ from helpers_models import tiny_llama, tiny_tokenizer
 from helpers_trainer import config_kwargs
 from prefopt import PrefOptConfig, Trainer
 from prefopt.losses import LogProbs
-from prefopt.reasoning import AutoAlphaCallback, EmptyTraceField, Thinking, auto_alpha
+from prefopt.methods.bvpo.reasoning import AutoAlphaCallback, EmptyTraceField, Thinking, auto_alpha
 
 EMPTY = "<think>\n\n</think>\n\n"
 # ChatML with a reasoning switch, as Qwen3 writes it: with enable_thinking=False the template itself places an
@@ -170,7 +170,7 @@ def test_missing_empty_trace_columns_name_the_columns_and_the_fallback(tmp_path)
 @pytest.mark.slow
 def test_trace_pairs_fallback_is_explicit_and_scores_the_traced_answers(tmp_path, caplog):
     trace_only = [{key: row[key] for key in ("prompt", "chosen", "rejected")} for row in _rows()]
-    with caplog.at_level(logging.WARNING, logger="prefopt.reasoning"):
+    with caplog.at_level(logging.WARNING, logger="prefopt.methods.bvpo.reasoning"):
         fallback = _trainer(tmp_path / "a", trace_only, "bvpo", providers=[EmptyTraceField(from_trace_pairs=True)], alpha=0.0)
     assert "approximates the paper" in caplog.text
     answers = [{"prompt": row["prompt"], "chosen": EMPTY + row["chosen"].split("</think>")[1],
@@ -262,7 +262,7 @@ def test_auto_alpha_trains_and_is_logged_every_step(tmp_path):
 
 def test_thinking_tokenizer_switches_reasoning_in_the_rendered_prompt():
     from prefopt.online import prompt_token_ids
-    from prefopt.reasoning import ThinkingTokenizer
+    from prefopt.methods.bvpo.reasoning import ThinkingTokenizer
 
     tokenizer = tiny_tokenizer()
     messages = [{"role": "user", "content": "Q"}]
@@ -281,7 +281,7 @@ def test_thinking_tokenizer_switches_reasoning_in_the_rendered_prompt():
 
 
 def test_annotate_views_samples_both_views_from_one_model_and_joins_them_by_prompt(tmp_path):
-    from prefopt.reasoning import annotate_views
+    from prefopt.methods.bvpo.reasoning import annotate_views
     from prefopt.rewards import FunctionReward
 
     reward = FunctionReward(lambda prompt, response: sum(map(ord, response)) % 97)

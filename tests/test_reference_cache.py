@@ -1,4 +1,4 @@
-"""prefopt.reference_cache: a damaged cache file is reported with its path, removed and recomputed."""
+"""prefopt.training.reference_cache: a damaged cache file is reported with its path, removed and recomputed."""
 
 import logging
 import os
@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers_trainer import config_kwargs, kwise_dataset, make_model, make_tokenizer, pair_dataset
-from prefopt import PrefOptConfig, Trainer, reference_cache
+from prefopt import PrefOptConfig, Trainer
+from prefopt.training import reference_cache
 from prefopt.losses import get_loss, list_losses
 
 KEY = "0123456789abcdef"
@@ -52,7 +53,7 @@ DAMAGED = {
 @pytest.mark.parametrize("damage", sorted(DAMAGED))
 def test_a_damaged_file_is_a_reported_miss_and_is_removed(tmp_path, caplog, damage):
     path = _store(tmp_path, DAMAGED[damage])
-    with caplog.at_level(logging.WARNING, logger="prefopt.reference_cache"):
+    with caplog.at_level(logging.WARNING, logger="prefopt.training.reference_cache"):
         assert reference_cache.load(str(tmp_path), KEY, num_rows=3, width=2) is None
     (message,) = [record.getMessage() for record in caplog.records]
     assert path in message and "recomputing" in message
@@ -99,7 +100,7 @@ def test_the_trainer_recomputes_a_damaged_cache_and_stores_a_good_one(tmp_path, 
     with open(path, "wb") as handle:
         handle.write(replacement)
 
-    with caplog.at_level(logging.WARNING, logger="prefopt.reference_cache"):
+    with caplog.at_level(logging.WARNING, logger="prefopt.training.reference_cache"):
         second = _precomputing_trainer(tmp_path, make_data(), loss)
     assert second._reference_misses == 1 and any(path in r.getMessage() for r in caplog.records)
     assert second.train_dataset[column] == expected

@@ -10,7 +10,7 @@ from datasets import Dataset
 import prefopt
 from helpers_trainer import config_kwargs, make_model, make_tokenizer, pair_dataset
 from prefopt import PrefOptConfig, Trainer
-from prefopt.summary import TrainingSummary, count_truncated, plot_history
+from prefopt.training.summary import TrainingSummary, count_truncated, plot_history
 
 # A hand-written log history in TRL's shape: two training logs, one evaluation, the final summary.
 HISTORY = [

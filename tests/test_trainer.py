@@ -259,7 +259,7 @@ def test_rows_dropped_for_long_prompts_are_counted_and_reported(tmp_path, factor
     long_prompt = " ".join(["please"] * 40)
     dataset = dataset.map(lambda row, i: {"prompt": long_prompt if i < 3 else row["prompt"]}, with_indices=True)
     loss = "plackett_luce" if factory is kwise_dataset else "dpo"
-    with caplog.at_level("WARNING", logger="prefopt.trainer"):
+    with caplog.at_level("WARNING", logger="prefopt.training.trainer"):
         trainer = Trainer(make_model(), train_dataset=dataset, processing_class=make_tokenizer(),
                           args=PrefOptConfig(loss=loss, max_length=20, **config_kwargs(tmp_path)))
     assert trainer.dropped_rows == {"train": 3}

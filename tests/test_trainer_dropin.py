@@ -131,7 +131,7 @@ def test_a_run_that_diverges_to_nan_returns_like_trl_but_stops_at_finite_weights
     train_loss is logged, and that the parameters changed and stayed float16. With a TRL config prefopt does all that
     too, but stops at the first non-finite step (on_nonfinite='stop'), so every parameter is finite; a prefopt config
     raises instead."""
-    from prefopt._finite import NonFiniteError
+    from prefopt.training.nonfinite import NonFiniteError
 
     def args():
         return trl_args(tmp_path, max_steps=6, learning_rate=100.0, model_init_kwargs={"dtype": torch.float16})

@@ -13,7 +13,7 @@ import torch
 
 from helpers_trainer import config_kwargs, kwise_dataset, make_model, make_tokenizer, pair_dataset
 from prefopt import PrefOptConfig, Trainer
-from prefopt.fields import ColumnField, Unavailable, resolve_providers
+from prefopt.training.fields import ColumnField, Unavailable, resolve_providers
 from prefopt.losses import LogProbs, get_loss, list_losses
 
 # Values for the dataset columns that feed optional fields: scores favour the chosen response, and the

@@ -59,7 +59,7 @@ def test_an_iterable_dataset_is_checked_row_by_row_as_it_streams(tmp_path):
 
 # --- truncation is counted per reason; a pair that truncation makes identical is dropped, not trained ---
 
-from prefopt.summary import truncation_reasons  # noqa: E402
+from prefopt.training.summary import truncation_reasons  # noqa: E402
 
 
 @pytest.mark.parametrize(

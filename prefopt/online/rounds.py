@@ -51,7 +51,7 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
-from prefopt.fields import FieldProvider, SampleField, as_matrix
+from prefopt.training.fields import FieldProvider, SampleField, as_matrix
 from prefopt.logprobs import score, sequence_logps
 
 logger = logging.getLogger(__name__)
@@ -327,7 +327,7 @@ class CalibrationPolicyField(SampleField):
 def _round_trainer_class():
     """`prefopt.Trainer` that runs every provider the loop passes, in the order given, including providers of
     fields the loss accepts without requiring them (online VPO's calibration fields)."""
-    from prefopt.trainer import Trainer
+    from prefopt.training.trainer import Trainer
 
     class RoundTrainer(Trainer):
         def __init__(self, *arguments, field_providers=None, **keywords):
@@ -454,7 +454,7 @@ def _as_oracle(reward, oracle):
         return oracle
     if reward is None:
         raise ValueError("train_online needs a `reward` (turned into a Bradley-Terry oracle) or a preference `oracle`")
-    from prefopt.rewards import BradleyTerryOracle
+    from prefopt.online.rewards import BradleyTerryOracle
 
     return BradleyTerryOracle(reward)
 
@@ -484,7 +484,7 @@ def train_online(
         prompts: the training prompts (text or user-message lists), each sampled every round.
         loss: a registered loss: ``inpo`` (needs pi_t log-probs), ``vpo`` (trained in online mode with
             calibration samples), or any pairwise/ranked offline loss (iterative mode: best vs worst of K).
-        reward: ``reward(prompts, responses) -> Tensor[N]`` (`prefopt.rewards`); becomes
+        reward: ``reward(prompts, responses) -> Tensor[N]`` (`prefopt.online.rewards`); becomes
             ``BradleyTerryOracle(reward)`` when no ``oracle`` is given, and gives the ``reward/mean`` metric.
         oracle: ``oracle(prompts, first, second) -> Tensor[N]`` of P(first > second | prompt).
         args: `PrefOptConfig` for each round's training. Its ``output_dir`` is the run folder (round t trains
@@ -502,7 +502,7 @@ def train_online(
     from accelerate.utils import is_peft_model
 
     from prefopt.losses import get_loss
-    from prefopt.online import as_conversation
+    from prefopt.online.sampling import as_conversation
 
     config = copy.deepcopy(config) if config is not None else OnlineConfig()
     if rounds is not None:
@@ -647,7 +647,7 @@ def _reference_scorer(model, reference_model) -> Callable[[dict], torch.Tensor]:
 
 
 def _sample(model, tokenizer, prompts, config: OnlineConfig, n: int, seed: int) -> list[list[str]]:
-    from prefopt.online import generate
+    from prefopt.online.sampling import generate
 
     with _evaluation_mode(model):
         return [list(responses) for responses in generate(

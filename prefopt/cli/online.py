@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from prefopt.cli import ModelArguments, UserError, _read_prompts, load_model_and_lora, parse_config_and_flags
+from prefopt.cli.main import ModelArguments, UserError, _read_prompts, load_model_and_lora, parse_config_and_flags
 
 
 @dataclass
@@ -66,7 +66,7 @@ def main(argv: Sequence[str]) -> dict:
     """Run ``prefopt online``; returns (and prints) the per-round history."""
     from prefopt.data import get_task, list_tasks
     from prefopt.online.rounds import train_online
-    from prefopt.rewards import FunctionReward
+    from prefopt.online.rewards import FunctionReward
 
     script_args, online_config, training_args = parse_online_arguments(argv)
     task = script_args.task or (script_args.prompts if script_args.prompts in list_tasks() else None)

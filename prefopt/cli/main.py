@@ -5,7 +5,7 @@
     prefopt main [--loss dpo] [--output-dir outputs/main]  the main job (see prefopt.main_job)
     prefopt annotate --prompts arithmetic --output pairs.jsonl [--reward task|cdr ...]   sample, score, pair (JSONL)
     prefopt online --config run.yaml [--flag value ...]   rounds of sample -> rank -> train (INPO, online VPO, iterative DPO)
-    prefopt fdpg --prompts arithmetic --target rlhf|constraint [--divergence js ...]   on-policy f-DPG (prefopt.fdpg)
+    prefopt fdpg --prompts arithmetic --target rlhf|constraint [--divergence js ...]   on-policy f-DPG (prefopt.methods.fdpg.trainer)
 
 A mistake in what was asked (a bad flag value, a missing file or model path, an unknown loss, format
 or dataset name) prints one line, ``prefopt <command>: error: ...``, and exits with status 2; add
@@ -375,7 +375,7 @@ def load_model_and_lora(script_args: ModelArguments, training_args):
 
 
 def train(argv: Sequence[str]) -> None:
-    from prefopt.trainer import Trainer
+    from prefopt.training.trainer import Trainer
 
     script_args, training_args = parse_train_arguments(argv)
     # The data first: a wrong file or row is reported in a second, not after the model has loaded.
@@ -424,7 +424,7 @@ def reporting_user_errors(command: str, debug: bool = False) -> Iterator[None]:
         print(f"prefopt {command}: error: {message}{hint}", file=sys.stderr)
         raise SystemExit(2) from None
 def _annotate_parser() -> argparse.ArgumentParser:
-    from prefopt.online import PAIRINGS
+    from prefopt.online.sampling import PAIRINGS
 
     parser = argparse.ArgumentParser(
         prog="prefopt annotate",
@@ -493,8 +493,8 @@ def annotate(argv: Sequence[str]) -> dict:
     import json
 
     from prefopt.models import default_model_path, load_model
-    from prefopt.online import annotate as annotate_prompts
-    from prefopt.rewards import DensityRatioReward, FunctionReward
+    from prefopt.online.sampling import annotate as annotate_prompts
+    from prefopt.online.rewards import DensityRatioReward, FunctionReward
 
     options = _annotate_parser().parse_args(argv)
     prompts = _read_prompts(options.prompts)
@@ -556,11 +556,11 @@ def _dispatch(argv: list[str]) -> None:
     elif command == "annotate":
         annotate(rest)
     elif command == "online":
-        from prefopt.online.command import main as online
+        from prefopt.cli.online import main as online
 
         online(rest)
     elif command == "fdpg":
-        from prefopt.fdpg import main as fdpg
+        from prefopt.methods.fdpg.trainer import main as fdpg
 
         fdpg(rest)
     else:

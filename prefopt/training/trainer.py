@@ -11,7 +11,7 @@ response under the policy (and the reference when a loss needs one), fills a `Lo
 the table below, and calls the registered loss. It never looks at a loss's name; it reads the spec.
 
 Which `LogProbs` fields can be filled, and from where, is decided by field providers
-(`prefopt.fields`): the step computes `policy`, `lengths` and `mask`; the reference, dataset columns
+(`prefopt.training.fields`): the step computes `policy`, `lengths` and `mask`; the reference, dataset columns
 (`scores`, `previous`) and anything a method plugs in (`field_providers=[...]`) come from providers.
 Running loss state (BCO's reward mean, a refreshed reference, ...) lives in callbacks that save it
 with every checkpoint and restore it on `resume_from_checkpoint` (`prefopt.callbacks.StatefulCallback`).
@@ -35,14 +35,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import create_model_from_path, get_config_model_id, use_adapter
 
-from prefopt import packing, reference_cache
-from prefopt._finite import NonFiniteError, check_gradients, check_inputs, check_losses
-from prefopt._oom import advise_on_out_of_memory
+from prefopt.training import packing, reference_cache
+from prefopt.training.nonfinite import NonFiniteError, check_gradients, check_inputs, check_losses
+from prefopt.training.oom import advise_on_out_of_memory
 from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpointing_warnings_ignored
-from prefopt._trainer_data import PreferenceCollator, is_kwise_example, tokenize_kwise
+from prefopt.training.batching import PreferenceCollator, is_kwise_example, tokenize_kwise
 from prefopt.config import PrefOptConfig
-from prefopt.fields import REFERENCE_COLUMNS, STEP_FIELDS, FieldProvider, as_matrix, resolve_providers
-from prefopt.summary import TRUNCATION_REASONS, truncation_reasons
+from prefopt.training.fields import REFERENCE_COLUMNS, STEP_FIELDS, FieldProvider, as_matrix, resolve_providers
+from prefopt.training.summary import TRUNCATION_REASONS, truncation_reasons
 from prefopt.logprobs import SequenceLogProbs, model_inputs, preference_accuracy, token_logps
 from prefopt.losses import LogProbs, combine_losses, length_desensitized_logps, wpo_weights
 
@@ -87,7 +87,7 @@ class Trainer(DPOTrainer):
     applied by `combine_losses` to every loss registered with `log_ratio_form=True`).
     Callbacks that define `bind_trainer(trainer)` are given the trainer after construction.
 
-    prefopt's one extra argument, `field_providers`, adds or replaces `prefopt.fields.FieldProvider`s
+    prefopt's one extra argument, `field_providers`, adds or replaces `prefopt.training.fields.FieldProvider`s
     (which LogProbs fields can be filled and from where), so a method can feed its loss without a
     new trainer.
     """
@@ -178,7 +178,7 @@ class Trainer(DPOTrainer):
         self._packing_logged: set[tuple[int, str]] = set()  # fallbacks already logged
         self._packed_layout_cache: tuple | None = None  # (input_ids, switches, layout) of the last batch
         self._attention_costs: dict[int, float] = {}  # id(model) -> packing.attention_cost (shared rows or one per response)
-        # TRL 1.16 logs that its own `padding_free` is disabled; prefopt.packing implements it, so drop that message
+        # TRL 1.16 logs that its own `padding_free` is disabled; prefopt.training.packing implements it, so drop that message
         trl_logger = logging.getLogger("trl.trainer.dpo_trainer")
         trl_logger.addFilter(_drop_trl_padding_free_warning)
         try:
@@ -231,8 +231,8 @@ class Trainer(DPOTrainer):
         return output
 
     def summary(self):
-        """Held-out metrics, dropped / truncated rows and timing as a small table (see `prefopt.summary`)."""
-        from prefopt.summary import training_summary
+        """Held-out metrics, dropped / truncated rows and timing as a small table (see `prefopt.training.summary`)."""
+        from prefopt.training.summary import training_summary
 
         return training_summary(self)
 
@@ -347,7 +347,7 @@ class Trainer(DPOTrainer):
         return self._report_truncation(prepared, args, dataset_name)
 
     def _report_truncation(self, dataset, args, dataset_name):
-        """Count the rows `max_length` cuts, per reason (`prefopt.summary.truncation_reasons`), and drop those whose
+        """Count the rows `max_length` cuts, per reason (`prefopt.training.summary.truncation_reasons`), and drop those whose
         responses truncation makes identical: they state no preference. Map-style: counted and logged now;
         iterable: counted as rows stream (`self.truncated_rows` is live)."""
         counts = self.truncated_rows.setdefault(dataset_name, dict.fromkeys(TRUNCATION_REASONS, 0))
@@ -407,7 +407,7 @@ class Trainer(DPOTrainer):
     def response_logps(self, model, inputs, **model_kwargs) -> SequenceLogProbs:
         """Sequence log-probs [N] of every row of ``inputs`` under ``model``, for the policy and the reference alike.
 
-        The packed layout (`prefopt.packing`: each prompt encoded once for its responses, optionally without
+        The packed layout (`prefopt.training.packing`: each prompt encoded once for its responses, optionally without
         padding) when it serves this model and batch, else `prefopt.logprobs.token_logps` (TRL's fused head);
         then TRL's `ld_alpha` (length-desensitised log-probs) when it is set."""
         shifted_mask = inputs["completion_mask"][..., 1:]

@@ -1,4 +1,4 @@
-"""Tokenisation and collation of K-wise data; field providers (`prefopt.fields`) add their batch entries.
+"""Tokenisation and collation of K-wise data; field providers (`prefopt.training.fields`) add their batch entries.
 
 Pairwise rows are prepared by TRL (``prompt_ids``, ``chosen_ids``, ``rejected_ids``). K-wise rows
 (``prompt``, ``completions`` best first, optionally ``ranking``) become ``prompt_ids`` and
@@ -62,7 +62,7 @@ class PreferenceCollator(DataCollatorForPreference):
     """TRL's preference collator, extended to K-wise rows and to the entries of field providers.
 
     Adds ``response_index [B, K]`` (row of each response, -1 for padding) and what each of
-    ``providers`` (`prefopt.fields.FieldProvider`) collates, e.g. ``field_scores [B, K]``.
+    ``providers`` (`prefopt.training.fields.FieldProvider`) collates, e.g. ``field_scores [B, K]``.
     """
 
     providers: tuple = ()

@@ -1,0 +1,379 @@
+"""Reasoning traces for BVPO: the thinking format, the empty-trace view, and the auto mixing weight.
+
+BVPO (Zhu et al. 2025, arXiv:2510.05095; loss ``bvpo``) trains on two preference sets built from the
+same prompts:
+
+* the **trace view**: ``chosen`` / ``rejected`` generated with reasoning on, each a reasoning trace
+  followed by the answer (``"<think>2 + 3 = 5</think>The answer is 5."``), scored jointly;
+* the **empty-trace view**: ``chosen_no_trace`` / ``rejected_no_trace`` generated with reasoning off
+  (the thinking block present but empty) and scored that way.
+
+Rows are TRL preference rows (plain text or conversational) with the two extra columns. `EmptyTraceField`
+is the field provider that feeds the empty-trace view to `prefopt.Trainer` (``empty_policy`` with
+gradient, ``empty_reference`` without), in the same step as the trace view; it is the default provider
+of those fields, so ``PrefOptConfig(loss="bvpo")`` on such rows just trains. `Thinking` says how an
+(empty) thinking block is written: between tags in the response (default ``<think>...</think>``,
+the empty block being Qwen3's ``"<think>\\n\\n</think>\\n\\n"``), or by a chat template's own switch
+(``Thinking(template_switch="enable_thinking")``: the template, rendered with the switch off, writes
+the empty block itself).
+
+Building such rows: `annotate_views` samples from the same model with reasoning on and off (`ThinkingTokenizer`
+switches it: the template's switch, or the empty block appended to the generation prompt) and labels each set
+with a reward through `prefopt.online.annotate`.
+
+Only trace pairs? ``EmptyTraceField(from_trace_pairs=True)`` scores the trace pairs' own answers
+behind an empty block. That is an approximation the paper does not make (its empty-trace answers are
+generated with reasoning off, so they differ from the traced answers); it is used only when asked for,
+and says so in a warning.
+
+``alpha="auto"``: `AutoAlphaCallback` estimates the MSE-optimal mixing weight every step from
+per-micro-batch gradients of the two views (`auto_alpha`; the estimator is prefopt's own, see its
+docstring); the trainer logs it every step (``hyperparameters/bvpo/alpha``, fixed or estimated).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from prefopt.callbacks import LossStateCallback
+from prefopt.training.fields import FieldProvider, as_matrix
+from prefopt.logprobs import encode, is_conversational, pad_sequences, sequence_logps
+
+logger = logging.getLogger(__name__)
+
+EMPTY_VIEW_COLUMNS = ("chosen_no_trace", "rejected_no_trace")
+
+
+@dataclass(frozen=True)
+class Thinking:
+    """How a response writes its reasoning trace.
+
+    Args:
+        open_tag, close_tag: the tags around a trace in the response text (default ``<think>``, ``</think>``).
+        empty_block: the text of an empty thinking block placed before an answer (default
+            ``open_tag + "\\n\\n" + close_tag + "\\n\\n"``, what Qwen3 writes with reasoning off).
+        template_switch: the chat template variable that turns reasoning on and off (e.g. ``"enable_thinking"``).
+            When set, the empty-trace view is rendered by the template with ``{template_switch: False}`` (the
+            template writes the empty block) and answers are given without a block. Conversational rows only.
+    """
+
+    open_tag: str = "<think>"
+    close_tag: str = "</think>"
+    empty_block: str | None = None
+    template_switch: str | None = None
+
+    def __post_init__(self):
+        if not self.open_tag or not self.close_tag:
+            raise ValueError("Thinking: open_tag and close_tag must be non-empty strings")
+        if self.empty_block is None:
+            object.__setattr__(self, "empty_block", f"{self.open_tag}\n\n{self.close_tag}\n\n")
+        if not self.empty_block.startswith(self.open_tag) or self.close_tag not in self.empty_block:
+            raise ValueError(f"Thinking: empty_block {self.empty_block!r} must be {self.open_tag!r} ... {self.close_tag!r}")
+
+    @property
+    def _block(self) -> re.Pattern:
+        return re.compile(r"^\s*" + re.escape(self.open_tag) + r"(.*?)" + re.escape(self.close_tag) + r"\s*", re.S)
+
+    def split(self, text: str) -> tuple[str | None, str]:
+        """``(trace, answer)`` of a response; trace is None when the response has no thinking block."""
+        match = self._block.match(text)
+        if match is None:
+            return None, text
+        return match.group(1).strip(), text[match.end() :]
+
+    def with_empty_block(self, answer: str) -> str:
+        """``answer`` behind an empty thinking block (an answer already behind an empty block is kept as is)."""
+        trace, bare = self.split(answer)
+        if trace:
+            raise ValueError(f"expected an answer with an empty or no thinking block, got a trace {trace[:40]!r}")
+        return self.empty_block + bare
+
+
+def _text(response: Any) -> str:
+    return response if isinstance(response, str) else "".join(m["content"] for m in response)
+
+
+def _replace_text(response: Any, text: str) -> Any:
+    if isinstance(response, str):
+        return text
+    return [{**response[0], "content": text}]
+
+
+class EmptyTraceField(FieldProvider):
+    """``empty_policy`` / ``empty_reference``: every pair's empty-trace view, scored under the policy (with
+    gradient) and the reference in the same training step as the trace view.
+
+    Args:
+        thinking: the thinking format (`Thinking`); default ``<think>...</think>`` tags.
+        columns: the empty-trace (chosen, rejected) columns; default ``chosen_no_trace``, ``rejected_no_trace``.
+        from_trace_pairs: build the empty-trace view from the trace pairs themselves (their answers behind an
+            empty block) when the data has no empty-trace columns. An approximation, only when asked for.
+    """
+
+    fields = ("empty_policy", "empty_reference")
+
+    def __init__(self, thinking: Thinking | None = None, *, columns: tuple[str, str] = EMPTY_VIEW_COLUMNS,
+                 from_trace_pairs: bool = False):
+        self.thinking = thinking or Thinking()
+        self.pair = tuple(columns)
+        self.from_trace_pairs = from_trace_pairs
+        self.source = (
+            "the trace pairs' answers behind an empty thinking block (approximation, from_trace_pairs=True)"
+            if from_trace_pairs
+            else f"columns {self.pair[0]!r}/{self.pair[1]!r}: answers generated with reasoning off, behind an empty block"
+        )
+        self.tokenizer, self.max_length, self._warned = None, None, False
+
+    def columns(self) -> tuple[str, ...]:
+        return ("prompt", "chosen", "rejected", *self.pair)
+
+    def check(self, example: Mapping[str, Any], kwise: bool, losses: Sequence[str]) -> None:
+        if kwise:
+            raise ValueError(f"loss {list(losses)}: the empty-trace view is defined for pairs, not K-wise rows")
+        if "prompt" not in example:
+            raise ValueError(f"loss {list(losses)}: the empty-trace view needs the untokenised 'prompt' column")
+        if self.from_trace_pairs:
+            missing = [column for column in ("chosen", "rejected") if column not in example]
+            if missing:
+                raise ValueError(f"loss {list(losses)}: from_trace_pairs=True reads the trace pairs, the dataset lacks {missing}")
+            return
+        missing = [column for column in self.pair if column not in example]
+        if missing:
+            raise ValueError(
+                f"loss {list(losses)} needs LogProbs.empty_policy/empty_reference, the empty-trace view: answers generated "
+                f"with reasoning off, read from dataset columns {list(self.pair)}; the dataset lacks {missing}. Build them "
+                "with prefopt.methods.bvpo.reasoning.annotate_views, or, with trace pairs only, pass field_providers="
+                "[EmptyTraceField(from_trace_pairs=True)] (an approximation: the traced answers behind an empty block)"
+            )
+        if self.thinking.template_switch and not is_conversational(example["prompt"]):
+            raise ValueError(
+                f"Thinking(template_switch={self.thinking.template_switch!r}) renders the empty block with the chat "
+                "template, which needs conversational rows; plain-text rows use the thinking tags"
+            )
+
+    def bind(self, trainer) -> None:
+        self.tokenizer = trainer._tokenizer
+        self.max_length = trainer.args.max_length
+        if self.from_trace_pairs and not self._warned:
+            logger.warning(
+                "BVPO empty-trace view built from the trace pairs (from_trace_pairs=True): their answers are scored "
+                "behind an empty thinking block. This approximates the paper's empty-trace pairs, which are answers "
+                "generated with reasoning off."
+            )
+            self._warned = True
+
+    def empty_view(self, example: Mapping[str, Any], row: int | None = None) -> tuple[Any, list[Any], dict[str, Any]]:
+        """``(prompt, [chosen, rejected], chat_template_kwargs)`` of one row's empty-trace view, as scored."""
+        sources = ("chosen", "rejected") if self.from_trace_pairs else self.pair
+        responses = []
+        for column in sources:
+            response = example[column]
+            trace, answer = self.thinking.split(_text(response))
+            if trace and not self.from_trace_pairs:
+                where = f"row {row}, " if row is not None else ""
+                raise ValueError(
+                    f"{where}column {column!r}: an empty-trace response must have an empty (or no) thinking block, "
+                    f"got the trace {trace[:40]!r}"
+                )
+            text = answer if self.thinking.template_switch else self.thinking.empty_block + answer
+            responses.append(_replace_text(response, text))
+        options = {self.thinking.template_switch: False} if self.thinking.template_switch else {}
+        return example["prompt"], responses, options
+
+    def collate(self, examples, kwise, num_responses):
+        sequences = [[], []]  # chosen rows, then rejected rows, as the trace view
+        for row, example in enumerate(examples):
+            prompt, responses, options = self.empty_view(example, row)
+            prompt_ids, completions = encode(
+                self.tokenizer, prompt, responses, eos_token=self.tokenizer.eos_token, chat_template_kwargs=options
+            )
+            for k, completion_ids in enumerate(completions):
+                sequences[k].append((prompt_ids, completion_ids))
+        pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        padded = pad_sequences(sequences[0] + sequences[1], pad_token_id, max_length=self.max_length)
+        return {f"field_empty/{key}": value for key, value in padded.items()}
+
+    def provide(self, trainer, inputs, response_index):
+        batch = {key[len("field_empty/") :]: value for key, value in inputs.items() if key.startswith("field_empty/")}
+        if not batch:
+            raise ValueError("the batch has no 'field_empty/...' entries: a custom data_collator must call EmptyTraceField.collate")
+        size = batch["input_ids"].size(0) // 2
+        layout = torch.stack([torch.arange(size), torch.arange(size) + size], 1).to(batch["input_ids"].device)
+        policy = sequence_logps(trainer.model, batch, fused_lm_head=True).logps
+        return {"empty_policy": as_matrix(policy, layout), "empty_reference": as_matrix(trainer.reference_logps(batch), layout)}
+
+
+# ------------------------------------------------------------------------- building data: annotate twice
+
+
+class ThinkingTokenizer:
+    """A tokenizer whose prompts are rendered with reasoning switched on or off, for sampling with
+    `prefopt.online.generate` / `annotate` (everything else is the wrapped tokenizer's).
+
+    Reasoning off: with ``thinking.template_switch`` the chat template is rendered with ``{switch: False}``
+    (the template writes the empty block); otherwise the empty block is appended to the generation prompt (or
+    to a plain-text prompt), so the model answers right after it. Reasoning on: the template gets
+    ``{switch: True}`` when there is a switch; otherwise prompts are unchanged (the model opens its trace)."""
+
+    def __init__(self, tokenizer, thinking: Thinking | None = None, *, reasoning: bool):
+        self._tokenizer, self._thinking, self._reasoning = tokenizer, thinking or Thinking(), reasoning
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def _suffix(self) -> str:
+        return "" if self._reasoning or self._thinking.template_switch else self._thinking.empty_block
+
+    def apply_chat_template(self, messages, *, tokenize=True, return_dict=False, add_generation_prompt=False, **kwargs):
+        if self._thinking.template_switch:
+            kwargs[self._thinking.template_switch] = self._reasoning
+        text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
+        if add_generation_prompt:
+            text += self._suffix()
+        if not tokenize:
+            return text
+        ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        return {"input_ids": ids, "attention_mask": [1] * len(ids)} if return_dict else ids
+
+    def __call__(self, text, *args, **kwargs):
+        if isinstance(text, str):
+            text += self._suffix()
+        return self._tokenizer(text, *args, **kwargs)
+
+
+def annotate_views(prompts, policy, tokenizer, reward, *, thinking: Thinking | None = None, n: int = 4,
+                   pairing: str = "best_vs_random", seed: int = 0, max_new_tokens: int = 256,
+                   max_new_tokens_without_trace: int | None = None, **sampling):
+    """BVPO rows built as the paper builds them: ``n`` samples per prompt with reasoning on (trace pairs) and
+    ``n`` with reasoning off (empty-trace pairs) from the same ``policy``, each set labelled with ``reward`` by
+    `prefopt.online.annotate` (pairwise ``pairing``), joined by prompt.
+
+    Returns a `prefopt.online.Annotation` whose rows hold ``prompt``, ``chosen``/``rejected`` (+ scores) and
+    ``chosen_no_trace``/``rejected_no_trace`` (+ ``score_chosen_no_trace``/``score_rejected_no_trace``), ready for
+    ``PrefOptConfig(loss="bvpo")`` with ``EmptyTraceField(thinking)``. Its report has each view's annotation
+    report and ``prompts_without_both`` (prompts left out because one view had only tied samples)."""
+    from prefopt.online.sampling import Annotation, annotate
+
+    if pairing == "ranked":
+        raise ValueError("annotate_views builds pairs (BVPO is pairwise); use pairing 'best_vs_random' or 'best_vs_worst'")
+    thinking = thinking or Thinking()
+    views = {}
+    for name, reasoning, tokens in (("trace", True, max_new_tokens),
+                                    ("empty", False, max_new_tokens_without_trace or max_new_tokens)):
+        views[name] = annotate(prompts, policy, ThinkingTokenizer(tokenizer, thinking, reasoning=reasoning), reward,
+                               n=n, pairing=pairing, seed=seed, max_new_tokens=tokens, **sampling)
+    empty_rows = {json.dumps(row["prompt"], sort_keys=True): row for row in views["empty"].rows}
+    rows = []
+    for row in views["trace"].rows:
+        empty = empty_rows.get(json.dumps(row["prompt"], sort_keys=True))
+        if empty is None:
+            continue
+        rows.append({**row, "chosen_no_trace": empty["chosen"], "rejected_no_trace": empty["rejected"],
+                     "score_chosen_no_trace": empty["score_chosen"], "score_rejected_no_trace": empty["score_rejected"]})
+    report = {"prompts": len(prompts), "rows": len(rows), "prompts_without_both": len(prompts) - len(rows),
+              "trace": views["trace"].report, "empty_trace": views["empty"].report}
+    if report["prompts_without_both"]:
+        logger.warning("annotate_views: %d of %d prompts left out (one view had no untied pair)",
+                       report["prompts_without_both"], len(prompts))
+    return Annotation(rows, report)
+
+
+# ------------------------------------------------------------------------------------ alpha = "auto"
+
+
+def auto_alpha(trace_gradients: torch.Tensor, empty_gradients: torch.Tensor) -> float:
+    """MSE-optimal weight of the trace view from per-micro-batch gradients [M, P] of the two views.
+
+    The mixed gradient a g_t + (1 - a) g_e has mean squared error E||g_e + a (g_t - g_e) - g||^2 to the
+    unbiased gradient g, minimised at
+
+        a* = E<g_e - g, g_e - g_t> / E||g_t - g_e||^2,   clipped to [0, 1],
+
+    with g approximated by the mean trace gradient over the M micro-batches (the trace view is the unbiased
+    one) and E by the mean over micro-batches. This estimator is prefopt's own (LOSSES.md, BVPO), not the
+    paper's: the paper derives the optimal alpha from the two views' bias and variance but gives no
+    estimator for training. When the two views' gradients coincide on every micro-batch any weight gives
+    the same gradient and 1.0 (the unbiased view) is returned.
+    """
+    if trace_gradients.shape != empty_gradients.shape or trace_gradients.dim() != 2:
+        raise ValueError(
+            f"auto_alpha takes [micro-batches, parameters] gradients of equal shape, got "
+            f"{tuple(trace_gradients.shape)} and {tuple(empty_gradients.shape)}"
+        )
+    if trace_gradients.size(0) < 2:
+        raise ValueError("alpha='auto' needs at least 2 micro-batches per step to estimate gradient statistics")
+    trace, empty = trace_gradients.double(), empty_gradients.double()
+    unbiased = trace.mean(dim=0, keepdim=True)
+    difference = empty - trace
+    denominator = (difference * difference).sum(dim=1).mean()
+    if denominator <= 0:
+        return 1.0
+    numerator = ((empty - unbiased) * difference).sum(dim=1).mean()
+    alpha = (numerator / denominator).item()  # a* of LOSSES.md (BVPO), prefopt's estimator
+    if alpha != alpha:
+        raise ValueError("alpha='auto': the gradient statistics are not finite (NaN); check the log-probs of this batch")
+    return min(1.0, max(0.0, alpha))
+
+
+class AutoAlphaCallback(LossStateCallback):
+    """BVPO ``alpha="auto"``: before every training step's loss, the batch is split into ``micro_batches``
+    groups of pairs (default: 4, or one per pair in smaller batches); each group's gradient of the trace-view loss and of the empty-trace-view loss
+    (the ``bvpo`` loss at alpha = 1 and 0) over the trainable parameters feeds `auto_alpha`, and the step
+    trains with the result. Costs 2 x micro_batches extra backward passes per step.
+
+        Trainer(..., args=PrefOptConfig(loss="bvpo", loss_kwargs={"alpha": "auto"}), callbacks=[AutoAlphaCallback()])
+
+    The last value is kept in ``alpha`` and logged every step (``hyperparameters/bvpo/alpha``, as every loss
+    hyper-parameter); it is part of the checkpoint. An evaluation before the first training step uses alpha = 1.
+    """
+
+    def __init__(self, loss: str = "bvpo", micro_batches: int | None = None):
+        if micro_batches is not None and micro_batches < 2:
+            raise ValueError(f"micro_batches must be >= 2 (gradient statistics need several), got {micro_batches}")
+        self.loss, self.micro_batches = loss, micro_batches
+        self.alpha: float | None = None
+        self.trainer = None
+
+    def bind_trainer(self, trainer) -> None:
+        if self.loss not in trainer.preference_loss.names:
+            raise ValueError(f"AutoAlphaCallback: loss {self.loss!r} is not trained here {list(trainer.preference_loss.names)}")
+        if trainer.loss_hyperparameters[self.loss].get("alpha") != "auto":
+            raise ValueError(f"AutoAlphaCallback estimates alpha, but loss {self.loss!r} is configured with a fixed "
+                             f"alpha={trainer.loss_hyperparameters[self.loss].get('alpha')!r}; set alpha='auto'")
+        self.trainer = trainer
+
+    def before_loss(self, trainer, batch) -> None:
+        from prefopt.losses import get_loss
+
+        spec = get_loss(self.loss)
+        hyperparameters = {**trainer.loss_hyperparameters[self.loss]}
+        parameters = [p for p in trainer.model.parameters() if p.requires_grad]
+        groups = torch.arange(batch.batch_size).chunk(self.micro_batches or min(4, batch.batch_size))
+        if len(groups) < 2:
+            raise ValueError(f"alpha='auto' needs at least 2 pairs per step (micro-batches), got {batch.batch_size}")
+        gradients = {1.0: [], 0.0: []}
+        for view in gradients:
+            per_example = spec(batch, **{**hyperparameters, "alpha": view})
+            for group in groups:
+                grads = torch.autograd.grad(per_example[group].mean(), parameters, retain_graph=True, allow_unused=True)
+                gradients[view].append(torch.cat([
+                    (g if g is not None else torch.zeros_like(p)).reshape(-1).detach().float()
+                    for g, p in zip(grads, parameters)
+                ]))
+        self.alpha = auto_alpha(torch.stack(gradients[1.0]), torch.stack(gradients[0.0]))
+
+    def loss_hyperparameters(self) -> dict[str, dict[str, Any]]:
+        # an evaluation before the first training step scores with the trace view alone (alpha = 1)
+        return {self.loss: {"alpha": 1.0 if self.alpha is None else self.alpha}}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"alpha": self.alpha}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.alpha = state["alpha"]

@@ -1,0 +1,479 @@
+"""f-DPG: on-policy training of a policy towards a target distribution (`FDPGTrainer`, ``prefopt fdpg``).
+
+Go et al. 2023, "Aligning Language Models with Preferences through f-divergence Minimization"
+(arXiv:2302.08215; reference code naver/disco). The policy pi_theta is moved towards p(y|x) = P(y|x) / Z(x):
+
+* ``target="rlhf"``: P(y) = pi_ref(y) exp(r(x, y) / beta) for any `prefopt.online.rewards` reward;
+* ``target="constraint"``: P(y) = a(y) b(y) with a = pi_ref and b a binary constraint ``b(prompt, response)``
+  (GDC, Khalifa et al. 2021): p is pi_ref restricted to the responses that satisfy b.
+
+Every training step (a loop around nothing: the step itself samples, like disco's tuner):
+
+1. the batch's prompts get ``samples_per_prompt`` samples from the proposal q (the policy itself, or a
+   separate ``proposal`` model that is replaced by the policy when the policy is closer to the target,
+   disco's ``proposal_update_metric`` behaviour) with `prefopt.online.generate`;
+2. each sample is scored with `prefopt.logprobs` (the trainer's one routine) under the policy (with
+   gradient), the reference, and q; P comes from the reference and the reward / constraint;
+3. the running importance-sampling estimate of Z(x) = mean_q[P(y)/q(y)] of each prompt is updated with the
+   new samples (as disco, before they are used), and the registry's ``fdpg`` loss (divergence ``kl``,
+   ``rkl``, ``tv`` or ``js``) is called with the per-prompt log Z and the moving-average baseline of the
+   pseudo-reward R (the mean of the last ``baseline_window`` values before this batch, as disco);
+4. metrics: ``fdpg/divergence`` (IS estimate of D_f(pi || p)), ``fdpg/kl_to_reference`` (KL(pi || pi_ref)),
+   ``fdpg/reward`` or ``fdpg/constraint_satisfaction`` (of the samples), ``fdpg/distinct_1``/``_2`` and
+   ``fdpg/entropy`` (per-token, of the policy on the samples), ``fdpg/log_z``, ``fdpg/baseline``,
+   ``fdpg/truncated`` (share of samples that reached ``max_new_tokens``), ``fdpg/proposal_updates``.
+
+The running log Z, the baseline window and the proposal (weights and divergence accumulators) are the
+loss state (`FDPGState`, a `prefopt.callbacks.LossStateCallback`): saved in every checkpoint and restored on
+resume, and sampling is seeded by (seed, step), so a resumed run continues exactly as the uninterrupted one.
+
+Differences from the paper, stated: the loss is the paper's gradient estimator written as a surrogate whose
+gradient it is (its value is not a divergence), importance weights and log density ratios are clipped at
+e^30 (truncated importance sampling; LOSSES.md); samples of a prompt whose Z estimate is still 0 (no sample
+satisfied the constraint yet) give no gradient, as in disco; samples are decoded to text and re-tokenised
+for scoring (the one log-prob routine), and a sample cut at ``max_new_tokens`` is scored as if it ended there.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import json
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from datasets import Dataset
+from torch.utils.data import Dataset as TorchDataset
+
+from prefopt.callbacks import LossStateCallback
+from prefopt.config import PrefOptConfig
+from prefopt.logprobs import encode, is_conversational, pad_sequences, sequence_logps
+from prefopt.losses import LogProbs
+from prefopt.losses.fdpg import pointwise_divergence, pseudo_reward
+from prefopt.online.sampling import as_conversation, generate
+from prefopt.training.trainer import Trainer
+
+TARGETS = ("rlhf", "constraint")
+
+
+# ----------------------------------------------------------------------------------------- loss state
+
+
+class LogPartitionEstimate:
+    """Running importance-sampling estimate of log Z per key (prompt): log mean_q[P(y)/q(y)] over every sample
+    seen, kept as (log of the sum of weights, count) so that weights of e^100 neither overflow nor lose digits."""
+
+    def __init__(self):
+        self.log_sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def update(self, key: str, log_weights: torch.Tensor) -> None:
+        log_weights = log_weights.detach().double().flatten()
+        if bool(torch.isnan(log_weights).any()):
+            raise ValueError(f"f-DPG: a log importance weight log P(y) - log q(y) is NaN for prompt {key[:80]}")
+        previous = torch.tensor(self.log_sums.get(key, -math.inf), dtype=torch.float64)
+        self.log_sums[key] = torch.logsumexp(torch.cat([previous.view(1), log_weights]), 0).item()
+        self.counts[key] = self.counts.get(key, 0) + log_weights.numel()
+
+    def log_z(self, key: str) -> float:
+        """The estimate (-inf while every sample of this key had P(y) = 0; nan before any sample)."""
+        if key not in self.counts:
+            return math.nan
+        return self.log_sums[key] - math.log(self.counts[key])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"log_sums": dict(self.log_sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.log_sums, self.counts = dict(state["log_sums"]), dict(state["counts"])
+
+
+class FDPGState(LossStateCallback):
+    """f-DPG's running state: per-prompt log Z estimates, the baseline window of pseudo-rewards, and the
+    proposal's bookkeeping (its weights when it is a separate model, the divergence accumulators that decide
+    when the policy replaces it). `FDPGTrainer` adds one; it is checkpointed with the run."""
+
+    def __init__(self, baseline_window: int = 1024):
+        if baseline_window < 1:
+            raise ValueError(f"baseline_window must be >= 1, got {baseline_window}")
+        self.log_partition = LogPartitionEstimate()
+        self.rewards: collections.deque = collections.deque(maxlen=baseline_window)
+        self.proposal_divergence = [0.0, 0]  # sum of pointwise estimates of D(q || p), count
+        self.policy_divergence = [0.0, 0]  # the same for the policy
+        self.proposal_updates = 0
+        self.trainer = None
+
+    def bind_trainer(self, trainer) -> None:
+        self.trainer = trainer
+
+    @property
+    def baseline(self) -> float:
+        return sum(self.rewards) / len(self.rewards) if self.rewards else 0.0
+
+    def add_rewards(self, rewards: torch.Tensor) -> None:
+        self.rewards.extend(float(value) for value in rewards.detach().double().flatten())
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "log_partition": self.log_partition.state_dict(),
+            "rewards": list(self.rewards),
+            "proposal_divergence": list(self.proposal_divergence),
+            "policy_divergence": list(self.policy_divergence),
+            "proposal_updates": self.proposal_updates,
+        }
+        proposal = getattr(self.trainer, "proposal", None)
+        if proposal is not None:
+            state["proposal"] = {name: tensor.detach().cpu().clone() for name, tensor in proposal.state_dict().items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.log_partition.load_state_dict(state["log_partition"])
+        self.rewards.clear()
+        self.rewards.extend(state["rewards"])
+        self.proposal_divergence, self.policy_divergence = list(state["proposal_divergence"]), list(state["policy_divergence"])
+        self.proposal_updates = state["proposal_updates"]
+        proposal = getattr(self.trainer, "proposal", None)
+        if proposal is not None:
+            proposal.load_state_dict(state["proposal"])
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct n-grams / all n-grams over whitespace tokens of ``texts`` (Li et al. 2016); 0 with no n-gram."""
+    grams = [tuple(words[i : i + n]) for words in (text.split() for text in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def prompt_key(prompt: Any) -> str:
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+# ------------------------------------------------------------------------------------------- trainer
+
+
+class _Prompts:
+    """Collator of a prompt dataset: the batch is the list of prompts (sampling happens in the step)."""
+
+    def __call__(self, rows):
+        return {"prompt": [row["prompt"] for row in rows]}
+
+
+class FDPGTrainer(Trainer):
+    """On-policy f-DPG: every step samples from the policy (or a proposal), scores, and trains the ``fdpg`` loss.
+
+        from prefopt.online import FDPGTrainer
+        trainer = FDPGTrainer(model, tokenizer, prompts, target="constraint",
+                              constraint=lambda prompt, response: "good" in response,
+                              args=PrefOptConfig("out", loss="fdpg", loss_kwargs={"divergence": "js"}, max_steps=50))
+        trainer.train()
+
+    Args:
+        model: the policy (name or object; PEFT / 4-bit as `prefopt.Trainer`); its initial state is the
+            reference a = pi_ref (a copy, or the adapter-disabled base with PEFT).
+        processing_class: the tokenizer. train_dataset: prompts (a `datasets.Dataset` with a ``prompt``
+            column, or a list of prompts: text or message lists).
+        target: "rlhf" (needs ``reward`` and ``beta``) or "constraint" (needs ``constraint``).
+        reward: a `prefopt.online.rewards` callable ``reward(prompts, responses) -> Tensor[N]``; beta: the RLHF target's
+            KL strength (P = pi_ref exp(r / beta)).
+        constraint: ``constraint(prompt, response) -> bool`` (b(y) of GDC).
+        proposal: a model to sample from instead of the policy (disco's offline mode); it is replaced by the
+            policy whenever, over the last ``proposal_update_every`` steps, the policy was closer to the target
+            than it by the ``proposal_update_metric`` divergence. None: sample from the policy (on-policy).
+        samples_per_prompt, max_new_tokens, temperature, top_p: sampling (`prefopt.online.generate`).
+        baseline_window: how many past pseudo-rewards the baseline averages (disco: 1024).
+        args: a `PrefOptConfig` whose loss is ``fdpg`` (divergence in ``loss_kwargs``); its batch size counts
+            prompts per step. callbacks, peft_config, ref_model: as `prefopt.Trainer`.
+    """
+
+    def __init__(
+        self,
+        model,
+        processing_class,
+        train_dataset,
+        *,
+        target: str = "rlhf",
+        reward: Callable | None = None,
+        beta: float = 0.1,
+        constraint: Callable[[Any, str], bool] | None = None,
+        proposal=None,
+        proposal_update_every: int = 16,
+        proposal_update_metric: str = "kl",
+        samples_per_prompt: int = 4,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        baseline_window: int = 1024,
+        args: PrefOptConfig | None = None,
+        ref_model=None,
+        callbacks=None,
+        peft_config=None,
+    ):
+        if target not in TARGETS:
+            raise ValueError(f"f-DPG target must be one of {list(TARGETS)}, got {target!r}")
+        if target == "rlhf" and (reward is None or not beta > 0):
+            raise ValueError("target='rlhf' (P = pi_ref exp(r / beta)) needs a reward callable and beta > 0")
+        if target == "constraint" and constraint is None:
+            raise ValueError("target='constraint' (P = pi_ref(y) b(y)) needs constraint(prompt, response) -> bool")
+        if proposal_update_metric not in ("kl", "rkl", "tv", "js"):
+            raise ValueError(f"proposal_update_metric must be one of kl, rkl, tv, js, got {proposal_update_metric!r}")
+        if samples_per_prompt < 1 or proposal_update_every < 1:
+            raise ValueError("samples_per_prompt and proposal_update_every must be >= 1")
+        args = args or PrefOptConfig("fdpg-out", loss="fdpg")
+        if args.loss_components() != (("fdpg", 1.0),):
+            raise ValueError(f"FDPGTrainer trains the 'fdpg' loss alone; args.loss is {args.loss!r}")
+        if not isinstance(train_dataset, (Dataset, TorchDataset)):
+            train_dataset = Dataset.from_dict({"prompt": list(train_dataset)})
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+        self.target, self.reward, self.target_beta, self.constraint = target, reward, beta, constraint
+        self.samples_per_prompt, self.max_new_tokens = samples_per_prompt, max_new_tokens
+        self.temperature, self.top_p = temperature, top_p
+        self.proposal_update_every, self.proposal_update_metric = proposal_update_every, proposal_update_metric
+        self.proposal = proposal
+        self.fdpg_state = FDPGState(baseline_window)
+        uses_peft = peft_config is not None or getattr(model, "peft_config", None) is not None
+        if ref_model is None and not uses_peft and not isinstance(model, str):
+            ref_model = copy.deepcopy(model)  # the reference is the target's base a = pi_ref: keep it
+        super().__init__(
+            model,
+            ref_model=ref_model,
+            args=args,
+            data_collator=_Prompts(),
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            callbacks=[self.fdpg_state, *(callbacks or [])],
+            peft_config=peft_config,
+        )
+        if self.proposal is not None:
+            self.proposal.eval().requires_grad_(False).to(self.accelerator.device)
+
+    # ---- data: a dataset of prompts, no preference tokenisation
+
+    def _check_loss_can_be_served(self, example):
+        if "prompt" not in example:
+            raise ValueError(f"FDPGTrainer trains on prompts: the dataset needs a 'prompt' column, it has {sorted(example)}")
+
+    def _row_problem(self, example):
+        """Rows are prompts (the base class checks preference layouts): each needs a non-empty prompt."""
+        prompt = example.get("prompt")
+        if not (isinstance(prompt, str) and prompt.strip()) and not is_conversational(prompt):
+            return "'prompt' must be non-empty text or a message list"
+        return None
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        for row, example in enumerate(dataset):
+            problem = self._row_problem(example)
+            if problem:
+                raise ValueError(f"{dataset_name} dataset, row {row}: {problem}")
+        self.dropped_rows[dataset_name] = 0
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        self._signature_columns = ["prompt"]
+
+    # ---- the step
+
+    def _samples(self, prompts: list) -> tuple[list, list, list[str]]:
+        """(prompt per sample, response per sample as the policy sees it, response texts), sampled from q."""
+        sampler = self.proposal if self.proposal is not None else self.accelerator.unwrap_model(self.model)
+        seed = self.args.seed * 1_000_003 + self.state.global_step  # the same samples after a resume
+        texts = generate(sampler, self._tokenizer, prompts, n=self.samples_per_prompt, max_new_tokens=self.max_new_tokens,
+                         temperature=self.temperature, top_p=self.top_p, seed=seed, progress=False)
+        flat_prompts, flat_responses, flat_texts = [], [], []
+        for prompt, responses in zip(prompts, texts):
+            conversation = as_conversation(self._tokenizer, prompt)
+            for text in responses:
+                flat_prompts.append(conversation)
+                flat_responses.append([{"role": "assistant", "content": text}] if is_conversational(conversation) else text)
+                flat_texts.append(text)
+        return flat_prompts, flat_responses, flat_texts
+
+    def _encode(self, prompts, responses) -> dict[str, torch.Tensor]:
+        tokenizer = self._tokenizer
+        sequences = []
+        for prompt, response in zip(prompts, responses):
+            prompt_ids, (completion_ids,) = encode(tokenizer, prompt, [response], eos_token=tokenizer.eos_token)
+            sequences.append((prompt_ids, completion_ids))
+        batch = pad_sequences(sequences, tokenizer.pad_token_id, max_length=self.args.max_length)
+        return {key: value.to(self.accelerator.device) for key, value in batch.items()}
+
+    def _log_target(self, prompts, texts, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log P(y) [N], the reward or the constraint's 0/1 [N])."""
+        if self.target == "rlhf":
+            values = torch.as_tensor(self.reward(prompts, texts), dtype=torch.float32).flatten().to(reference.device)
+            if values.numel() != len(texts) or not bool(torch.isfinite(values).all()):
+                raise ValueError(f"the reward must return {len(texts)} finite values, got {values.tolist()[:8]}")
+            return reference + values / self.target_beta, values  # log pi_ref + r / beta
+        satisfied = torch.tensor([bool(self.constraint(p, t)) for p, t in zip(prompts, texts)], device=reference.device)
+        log_b = torch.where(satisfied, torch.zeros_like(reference), torch.full_like(reference, -math.inf))
+        return reference + log_b, satisfied.float()  # log a(y) + log b(y), GDC
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.model.training:
+            raise NotImplementedError("FDPGTrainer has no evaluation loop; evaluate samples of the trained policy instead")
+        state, spec = self.fdpg_state, self.preference_loss.components[0][0]
+        prompts, responses, texts = self._samples(list(inputs["prompt"]))
+        batch = self._encode(prompts, responses)
+        policy = sequence_logps(model, batch, fused_lm_head=True)
+        reference = self.reference_logps(batch).float()
+        if self.proposal is not None:
+            with torch.no_grad():
+                proposal = sequence_logps(self.proposal, batch).logps.float()
+        else:
+            proposal = policy.logps.detach().float()  # q = pi_theta at sampling time
+        log_target, values = self._log_target(prompts, texts, reference)
+
+        keys = [prompt_key(prompt) for prompt in prompts]
+        for key in dict.fromkeys(keys):  # Z(x) first takes in the new samples (disco's order)
+            rows = torch.tensor([i for i, k in enumerate(keys) if k == key])
+            state.log_partition.update(key, (log_target - proposal)[rows])
+        log_z = torch.tensor([state.log_partition.log_z(key) for key in keys], device=reference.device)
+        known = torch.isfinite(log_z)  # Z(x) = 0 so far: p is undefined, no gradient from these samples
+        log_z = torch.where(known, log_z, torch.zeros_like(log_z))
+
+        fields = LogProbs(policy=policy.logps.unsqueeze(1), proposal=proposal.unsqueeze(1), target=log_target.unsqueeze(1))
+        hyperparameters = {**self.step_hyperparameters()[spec.name], "log_z": log_z, "baseline": state.baseline}
+        per_sample = spec(fields, **hyperparameters)
+        if not bool(torch.isfinite(per_sample[known]).all()):
+            raise ValueError(f"f-DPG step {self.state.global_step}: the loss is not finite for some samples "
+                             f"(policy log-probs {policy.logps.detach()[known].tolist()[:4]})")
+        loss = torch.where(known, per_sample, torch.zeros_like(per_sample)).sum() / per_sample.numel()
+
+        with torch.no_grad():
+            normalised = log_target - log_z
+            divergence = hyperparameters["divergence"]
+            state.add_rewards(pseudo_reward(policy.logps.detach() - normalised, divergence)[known])
+            model_terms = pointwise_divergence(policy.logps.detach(), normalised, proposal, self.proposal_update_metric)
+            self._track_proposal(normalised[known], proposal[known], model_terms[known])
+            weights = torch.exp(torch.clamp(policy.logps.detach() - proposal, max=30))
+            self._log_step(texts, values, policy, batch, weights, reference, proposal, normalised, known, log_z, divergence)
+        return loss
+
+    def _track_proposal(self, normalised, proposal, model_terms) -> None:
+        """Accumulate D(q || p) and D(pi || p) estimates; every ``proposal_update_every`` steps replace q by pi
+        when pi is closer (disco's proposal_update_metric rule). Nothing to do when sampling from the policy."""
+        if self.proposal is None:
+            return
+        state = self.fdpg_state
+        proposal_terms = pointwise_divergence(proposal, normalised, proposal, self.proposal_update_metric)
+        state.proposal_divergence = [state.proposal_divergence[0] + proposal_terms.sum().item(),
+                                     state.proposal_divergence[1] + proposal_terms.numel()]
+        state.policy_divergence = [state.policy_divergence[0] + model_terms.sum().item(),
+                                   state.policy_divergence[1] + model_terms.numel()]
+        if (self.state.global_step + 1) % self.proposal_update_every:
+            return
+        proposal_mean = state.proposal_divergence[0] / max(state.proposal_divergence[1], 1)
+        policy_mean = state.policy_divergence[0] / max(state.policy_divergence[1], 1)
+        if state.policy_divergence[1] and policy_mean < proposal_mean:
+            self.proposal.load_state_dict(self.accelerator.unwrap_model(self.model).state_dict())
+            state.proposal_updates += 1
+        state.proposal_divergence, state.policy_divergence = [0.0, 0], [0.0, 0]
+
+    def _log_step(self, texts, values, policy, batch, weights, reference, proposal, normalised, known, log_z, divergence):
+        metrics, mean = self._metrics["train"], lambda tensor: tensor.float().mean().item() if tensor.numel() else 0.0
+        terms = pointwise_divergence(policy.logps.detach(), normalised, proposal, divergence)
+        metrics["fdpg/divergence"].append(mean(terms[known]))
+        metrics["fdpg/kl_to_reference"].append(mean(weights * (policy.logps.detach() - reference)))
+        metrics["fdpg/reward" if self.target == "rlhf" else "fdpg/constraint_satisfaction"].append(mean(values))
+        metrics["fdpg/distinct_1"].append(distinct_n(texts, 1))
+        metrics["fdpg/distinct_2"].append(distinct_n(texts, 2))
+        mask = batch["completion_mask"][:, 1:]
+        entropy = (policy.outputs.entropy[:, -mask.size(1) :].detach() * mask).sum() / mask.sum().clamp(min=1)
+        metrics["fdpg/entropy"].append(entropy.item())
+        metrics["fdpg/log_z"].append(mean(log_z[known]))
+        metrics["fdpg/baseline"].append(self.fdpg_state.baseline)
+        metrics["fdpg/importance_weight"].append(mean(weights))
+        metrics["fdpg/truncated"].append(mean((policy.lengths - 1 >= self.max_new_tokens).float()))
+        metrics["fdpg/samples_without_z"].append(float((~known).sum().item()))
+        metrics["fdpg/proposal_updates"].append(float(self.fdpg_state.proposal_updates))
+
+
+# ------------------------------------------------------------------------------------- command line
+
+
+def _parser():
+    import argparse
+
+    from prefopt.losses import get_loss
+
+    parser = argparse.ArgumentParser(
+        prog="prefopt fdpg",
+        description="On-policy f-DPG (Go et al. 2023): train a policy (LoRA by default) towards P = pi_ref exp(r/beta) "
+        "(--target rlhf) or pi_ref restricted to responses satisfying a constraint (--target constraint, GDC). Prints "
+        "the per-step metrics (divergence to the target, KL to the reference, reward or constraint satisfaction, "
+        "distinct-n, entropy) and saves the adapter.",
+    )
+    parser.add_argument("--prompts", default="arithmetic", help="a bundled task name (its train prompts), a .jsonl file "
+                        "with a 'prompt' field per line, or a .txt file with one prompt per line")
+    parser.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts")
+    parser.add_argument("--model", default="default", help="checkpoint folder or Hub id; 'default' = SmolLM2-135M-Instruct")
+    parser.add_argument("--no-lora", action="store_true", help="train every weight (default: a LoRA adapter, r=16)")
+    parser.add_argument("--target", default="rlhf", choices=list(TARGETS))
+    parser.add_argument("--reward", default="task", choices=["task"],
+                        help="rlhf target's reward: the bundled task's ground truth (--task)")
+    parser.add_argument("--beta", type=float, default=0.1, help="rlhf target: P = pi_ref exp(r / beta)")
+    parser.add_argument("--constraint", default="task",
+                        help="constraint target's b(y): 'task' (the bundled task's reward is 1.0, e.g. a correct answer) "
+                        "or 'regex:PATTERN' (the response matches PATTERN)")
+    parser.add_argument("--task", default=None, help="bundled task of --reward/--constraint task (default: --prompts)")
+    parser.add_argument("--divergence", default=get_loss("fdpg").hyperparameters["divergence"],
+                        choices=list(get_loss("fdpg").choices["divergence"]))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--prompts-per-step", type=int, default=2)
+    parser.add_argument("--samples-per-prompt", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--output-dir", default="outputs/fdpg")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str]) -> list[dict]:
+    """``prefopt fdpg``: returns the per-step logs it prints."""
+    import re
+
+    from prefopt.cli.main import UserError, _read_prompts
+    from prefopt.data import get_task, list_tasks
+    from prefopt.models import default_lora_config, default_model_path, load_model
+    from prefopt.online.rewards import FunctionReward
+
+    options = _parser().parse_args(argv)
+    prompts = _read_prompts(options.prompts)[: options.num_prompts]
+    task_name = options.task or options.prompts
+    uses_task = (options.target == "rlhf") or options.constraint == "task"
+    if uses_task and task_name not in list_tasks():
+        raise UserError(f"the task reward/constraint needs --task (one of {', '.join(list_tasks())})")
+    reward = constraint = None
+    if options.target == "rlhf":
+        reward = FunctionReward(get_task(task_name).reward)
+    elif options.constraint == "task":
+        task = get_task(task_name)
+        constraint = lambda prompt, response: task.reward(prompt, response) == 1.0  # noqa: E731
+    elif options.constraint.startswith("regex:"):
+        pattern = re.compile(options.constraint[len("regex:") :])
+        constraint = lambda prompt, response: pattern.search(response) is not None  # noqa: E731
+    else:
+        raise UserError(f"--constraint must be 'task' or 'regex:PATTERN', got {options.constraint!r}")
+    path = default_model_path() if options.model == "default" else options.model
+    model, tokenizer = load_model(path)
+    args = PrefOptConfig(
+        options.output_dir, loss="fdpg", loss_kwargs={"divergence": options.divergence}, max_steps=options.steps,
+        per_device_train_batch_size=options.prompts_per_step, learning_rate=options.learning_rate,
+        lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to="none", seed=options.seed,
+        gradient_checkpointing=False, disable_tqdm=True, bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = FDPGTrainer(
+        model, tokenizer, prompts, target=options.target, reward=reward, beta=options.beta, constraint=constraint,
+        samples_per_prompt=options.samples_per_prompt, max_new_tokens=options.max_new_tokens,
+        temperature=options.temperature, args=args, peft_config=None if options.no_lora else default_lora_config(),
+    )
+    trainer.train()
+    trainer.save_model(options.output_dir)
+    logs = [log for log in trainer.state.log_history if "fdpg/divergence" in log]
+    print(json.dumps(logs[-1] if logs else {}, indent=1))
+    print(f"saved to {options.output_dir}")
+    return logs
