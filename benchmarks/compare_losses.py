@@ -259,13 +259,11 @@ def peak_memory_gib():
 
 
 def responses_logps(model, tokenizer, prompts, responses):
+    from prefopt.chat import as_response
     from prefopt.logprobs import score
 
-    from prefopt.logprobs import is_conversational
-
     # a sampled text answers a conversational prompt as an assistant message
-    responses = [[{"role": "assistant", "content": text}] if is_conversational(prompt) else text
-                 for prompt, text in zip(prompts, responses)]
+    responses = [as_response(prompt, text) for prompt, text in zip(prompts, responses)]
     return score(model, tokenizer, prompts, responses, batch_size=16).logps.double()
 
 

@@ -65,9 +65,9 @@ def constraint(task):
 
 
 def as_responses(prompts, texts):
-    from prefopt.logprobs import is_conversational
+    from prefopt.chat import as_response
 
-    return [[{"role": "assistant", "content": text}] if is_conversational(prompt) else text for prompt, text in zip(prompts, texts)]
+    return [as_response(prompt, text) for prompt, text in zip(prompts, texts)]
 
 
 def scored(model, tokenizer, prompts, texts):

@@ -17,7 +17,7 @@ from ._validation import (
     InvalidRowError,
     ValidationReport,
 )
-from .evaluation import list_metrics, load_metric, metric_path
+from .evaluation import list_metrics, load_metric, metric_path, preference_accuracy
 from .formats import FormatSpec, get_format, list_formats, register_format, unregister_format
 from .loading import load_preferences
 from .noise import FlipRateEstimate, estimate_flip_rate, flip_labels
@@ -44,6 +44,7 @@ __all__ = [
     "load_metric",
     "load_preferences",
     "metric_path",
+    "preference_accuracy",
     "register_format",
     "render_chatml",
     "to_pairs",

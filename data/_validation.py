@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefopt.chat import is_conversational  # the one home of message forms; data/ imports nothing else of prefopt
+
 logger = logging.getLogger("prefopt.data")
 
 PAIRWISE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -108,10 +110,6 @@ class ValidationReport:
 
 
 # --------------------------------------------------------------------------- text and messages
-
-
-def is_conversational(value: Any) -> bool:
-    return isinstance(value, list) and len(value) > 0 and all(isinstance(m, dict) for m in value)
 
 
 def check_text(value: Any, field: str, *, completion: bool = False) -> str:

@@ -28,6 +28,8 @@ import torch
 from accelerate.utils import is_peft_model
 from transformers import TrainerCallback
 
+from prefopt.chat import display_text
+
 
 class StatefulCallback(TrainerCallback):
     """A callback whose running state is saved with every checkpoint and restored on resume."""
@@ -431,7 +433,7 @@ class SampleTableCallback(StatefulCallback):
         samples = generate(_unwrapped_policy(self.trainer), self.trainer.processing_class, self.prompts, n=self.n,
                            seed=self.seed + step, progress=False, **self.sampling)
         rows = [
-            {"step": step, "prompt": _as_text(prompt), "sample": k, "completion": completion}
+            {"step": step, "prompt": display_text(prompt), "sample": k, "completion": completion}
             for prompt, completions in zip(self.prompts, samples)
             for k, completion in enumerate(completions)
         ]
@@ -488,12 +490,6 @@ class SampleTableCallback(StatefulCallback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rows = [dict(row) for row in state["rows"]]
-
-
-def _as_text(prompt) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(f"{message.get('role', '?')}: {message.get('content', '')}" for message in prompt)
 
 
 def _tensorboard_writer(trainer):

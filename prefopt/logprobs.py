@@ -14,8 +14,6 @@ Three layers, each usable alone:
 
 ``fused_lm_head=True`` asks a model patched by TRL's ``add_fused_lm_head`` (as `prefopt.Trainer`
 does) for per-token log-probs without materialising the logits; otherwise the logits are computed.
-`preference_accuracy` is the one place a chosen-vs-rejected accuracy is computed (trainer metrics,
-the main job's held-out table, the ``preference_accuracy`` evaluate metric).
 """
 
 from __future__ import annotations
@@ -24,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+
+from prefopt.chat import is_conversational
 
 # Keys of a collated batch that are not model inputs (prefixed `field_` keys are never model inputs either).
 NON_MODEL_KEYS = ("completion_mask", "response_index", "ref_chosen_logps", "ref_rejected_logps")
@@ -39,10 +39,6 @@ class SequenceLogProbs:
 
 
 # ------------------------------------------------------------------------------------------- encoding
-
-
-def is_conversational(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
 
 
 def token_ids(tokenizer, value, **chat_options) -> list[int]:
@@ -182,23 +178,3 @@ def score(
     if not logps:
         return SequenceLogProbs(torch.zeros(0), torch.zeros(0, dtype=torch.long))
     return SequenceLogProbs(torch.cat(logps), torch.cat(lengths))
-
-
-# -------------------------------------------------------------------------------------------- metrics
-
-
-def preference_accuracy(chosen: torch.Tensor | Sequence[float], rejected: torch.Tensor | Sequence[float]) -> dict[str, float]:
-    """Share of pairs with chosen strictly above rejected (a tie counts as wrong, as TRL's
-    ``rewards/accuracies``), the mean margin, the number of ties and of pairs."""
-    chosen, rejected = torch.as_tensor(chosen, dtype=torch.float64), torch.as_tensor(rejected, dtype=torch.float64)
-    if chosen.shape != rejected.shape:
-        raise ValueError(f"preference_accuracy: chosen has shape {tuple(chosen.shape)}, rejected {tuple(rejected.shape)}")
-    count = chosen.numel()
-    if count == 0:
-        raise ValueError("preference_accuracy needs at least one pair")
-    return {
-        "accuracy": (chosen > rejected).double().mean().item(),
-        "mean_margin": (chosen - rejected).mean().item(),
-        "ties": int((chosen == rejected).sum().item()),
-        "count": count,
-    }

@@ -54,7 +54,7 @@ def sequence_logps(
 
 def preference_metrics(policy: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], beta: float = BETA) -> dict[str, float]:
     """Held-out preference metrics from `sequence_logps` of the policy and the reference (module docstring)."""
-    from prefopt.logprobs import preference_accuracy
+    from prefopt.data.evaluation import preference_accuracy
 
     rewards = preference_accuracy(beta * (policy["chosen"] - reference["chosen"]), beta * (policy["rejected"] - reference["rejected"]))
     logps = preference_accuracy(policy["chosen"], policy["rejected"])

@@ -1,10 +1,4 @@
 """BVPO's reasoning traces: a face of `prefopt.methods.bvpo`, where they are defined."""
 
-from prefopt.methods.bvpo.reasoning import (  # noqa: F401
-    AutoAlphaCallback,
-    EmptyTraceField,
-    Thinking,
-    ThinkingTokenizer,
-    annotate_views,
-    auto_alpha,
-)
+from prefopt.chat import Thinking, ThinkingTokenizer  # noqa: F401
+from prefopt.methods.bvpo.reasoning import AutoAlphaCallback, EmptyTraceField, annotate_views, auto_alpha  # noqa: F401

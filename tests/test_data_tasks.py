@@ -142,7 +142,7 @@ def test_render_chatml_equals_the_real_smollm2_chat_template():
 def test_reasoning_task_has_trace_pairs_and_empty_trace_pairs():
     from prefopt.data.generate_tasks import NUM_REASONING_TEST, NUM_REASONING_TRAIN
     from prefopt.data.tasks import load_reasoning
-    from prefopt.methods.bvpo.reasoning import Thinking
+    from prefopt.chat import Thinking
 
     splits = load_reasoning()
     assert {name: len(split) for name, split in splits.items()} == {"train": NUM_REASONING_TRAIN, "test": NUM_REASONING_TEST}

@@ -9,7 +9,8 @@ import torch
 from helpers_trainer import config_kwargs, make_model, make_tokenizer, pair_dataset
 from prefopt import PrefOptConfig, Trainer
 from prefopt.training.fields import FieldProvider, ModelField, SampleField, Unavailable, resolve_providers, servable_fields
-from prefopt.logprobs import preference_accuracy, score
+from prefopt.data.evaluation import preference_accuracy
+from prefopt.logprobs import score
 from prefopt.losses import LOGPROBS_FIELDS
 
 

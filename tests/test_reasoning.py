@@ -13,7 +13,8 @@ from helpers_models import tiny_llama, tiny_tokenizer
 from helpers_trainer import config_kwargs
 from prefopt import PrefOptConfig, Trainer
 from prefopt.losses import LogProbs
-from prefopt.methods.bvpo.reasoning import AutoAlphaCallback, EmptyTraceField, Thinking, auto_alpha
+from prefopt.chat import Thinking
+from prefopt.methods.bvpo.reasoning import AutoAlphaCallback, EmptyTraceField, auto_alpha
 
 EMPTY = "<think>\n\n</think>\n\n"
 # ChatML with a reasoning switch, as Qwen3 writes it: with enable_thinking=False the template itself places an
@@ -262,7 +263,7 @@ def test_auto_alpha_trains_and_is_logged_every_step(tmp_path):
 
 def test_thinking_tokenizer_switches_reasoning_in_the_rendered_prompt():
     from prefopt.online import prompt_token_ids
-    from prefopt.methods.bvpo.reasoning import ThinkingTokenizer
+    from prefopt.chat import ThinkingTokenizer
 
     tokenizer = tiny_tokenizer()
     messages = [{"role": "user", "content": "Q"}]

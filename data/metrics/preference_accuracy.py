@@ -38,6 +38,6 @@ class PreferenceAccuracy(evaluate.Metric):
 
     def _compute(self, chosen_rewards, rejected_rewards):
         # the trainer's `rewards/accuracies` and the main job's held-out table use the same function
-        from prefopt.logprobs import preference_accuracy
+        from prefopt.data.evaluation import preference_accuracy
 
         return preference_accuracy(chosen_rewards, rejected_rewards)

@@ -11,8 +11,8 @@ from prefopt._lazy import lazy_face
 _TABLE = {
     "generate": "prefopt.online.sampling",
     "PromptTooLongError": "prefopt.online.sampling",
-    "as_conversation": "prefopt.online.sampling",
-    "uses_chat_template": "prefopt.online.sampling",
+    "as_conversation": "prefopt.chat",
+    "uses_chat_template": "prefopt.chat",
     "prompt_token_ids": "prefopt.online.sampling",
     "context_length": "prefopt.online.sampling",
     "annotate": "prefopt.online.sampling",

@@ -27,21 +27,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from prefopt.logprobs import is_conversational, score
+from prefopt.chat import as_response, is_conversational, response_text
+from prefopt.logprobs import score
 
 
 def _check_lengths(name: str, *columns: Sequence) -> None:
     lengths = {len(column) for column in columns}
     if len(lengths) != 1:
         raise ValueError(f"{name}: got columns of different lengths {[len(c) for c in columns]}")
-
-
-def _response_text(response: Any) -> str:
-    if isinstance(response, str):
-        return response
-    if is_conversational(response):
-        return "".join(message["content"] for message in response)
-    raise TypeError(f"a response must be text or a message list, got {type(response).__name__}")
 
 
 class FunctionReward:
@@ -137,11 +130,7 @@ class DensityRatioReward:
     def __call__(self, prompts: Sequence, responses: Sequence) -> torch.Tensor:
         _check_lengths("DensityRatioReward", prompts, responses)
         customised = [self.customised_prompt(prompt) for prompt in prompts]
-        conversational = [is_conversational(prompt) for prompt in customised]
-        responses = [
-            [{"role": "assistant", "content": _response_text(r)}] if chat else _response_text(r)
-            for r, chat in zip(responses, conversational)
-        ]
+        responses = [as_response(prompt, response_text(response)) for prompt, response in zip(customised, responses)]
         strong = self._score(self.strong, customised, responses)
         if self.weak is None:
             with self.strong.disable_adapter():
@@ -168,7 +157,7 @@ class RewardModel:
         self.model, self.tokenizer, self.batch_size, self.max_length = model_or_path, tokenizer, batch_size, max_length
 
     def _text(self, prompt, response) -> str:
-        response = _response_text(response)
+        response = response_text(response)
         if getattr(self.tokenizer, "chat_template", None):
             messages = list(prompt) if is_conversational(prompt) else [{"role": "user", "content": prompt}]
             return self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)

@@ -52,6 +52,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from prefopt.training.fields import FieldProvider, SampleField, as_matrix
+from prefopt.chat import as_conversation, as_response
 from prefopt.logprobs import score, sequence_logps
 
 logger = logging.getLogger(__name__)
@@ -502,7 +503,6 @@ def train_online(
     from accelerate.utils import is_peft_model
 
     from prefopt.losses import get_loss
-    from prefopt.online.sampling import as_conversation
 
     config = copy.deepcopy(config) if config is not None else OnlineConfig()
     if rounds is not None:
@@ -671,9 +671,9 @@ def _round_data(model, tokenizer, prompts, eval_prompts, oracle, reward, config,
         else:
             calibration = _sample(model, tokenizer, [prompts[p] for p, _, _ in pairs], config, 1, seed + 10_000)
         for row, responses in zip(rows, calibration):
-            row[CALIBRATION_COLUMN] = _as_response(row["prompt"], responses[0])
+            row[CALIBRATION_COLUMN] = as_response(row["prompt"], responses[0])
     for row in rows:
-        row["chosen"], row["rejected"] = _as_response(row["prompt"], row["chosen"]), _as_response(row["prompt"], row["rejected"])
+        row["chosen"], row["rejected"] = as_response(row["prompt"], row["chosen"]), as_response(row["prompt"], row["rejected"])
     if eval_prompts == prompts:
         previous_samples = [responses[: config.eval_samples_per_prompt] for responses in samples]
     else:
@@ -686,13 +686,6 @@ def _round_data(model, tokenizer, prompts, eval_prompts, oracle, reward, config,
     return {"rows": rows, "info": info, "previous_samples": previous_samples}
 
 
-def _as_response(prompt, text: str):
-    """A sampled text as a completion of ``prompt``: an assistant message list for conversational prompts."""
-    from prefopt.logprobs import is_conversational
-
-    return [{"role": "assistant", "content": text}] if is_conversational(prompt) else text
-
-
 def _round_metrics(model, tokenizer, eval_prompts, oracle, reward, config, seed, reference_model, previous_samples, reference_samples):
     """Win rates of pi_{t+1} against pi_t and pi_ref, mean reward and KL(pi_{t+1} || pi_ref) on fresh samples."""
     new_samples = _sample(model, tokenizer, eval_prompts, config, config.eval_samples_per_prompt, seed + 30_000)
@@ -701,7 +694,7 @@ def _round_metrics(model, tokenizer, eval_prompts, oracle, reward, config, seed,
         mean, low, high = win_rate(oracle, eval_prompts, new_samples, old)
         metrics.update({f"win_rate/{name}": mean, f"win_rate/{name}_low": low, f"win_rate/{name}_high": high})
     flat_prompts = [prompt for prompt, responses in zip(eval_prompts, new_samples) for _ in responses]
-    flat_responses = [_as_response(prompt, r) for prompt, responses in zip(eval_prompts, new_samples) for r in responses]
+    flat_responses = [as_response(prompt, r) for prompt, responses in zip(eval_prompts, new_samples) for r in responses]
     if reward is not None:
         values = torch.as_tensor(reward(flat_prompts, [r for responses in new_samples for r in responses]), dtype=torch.float64)
         metrics["reward/mean"] = values.mean().item()

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from prefopt.logprobs import is_conversational
+from prefopt.chat import as_conversation, as_response, is_conversational
 
 logger = logging.getLogger(__name__)
 
@@ -39,20 +39,6 @@ PAIRINGS = ("best_vs_random", "best_vs_worst", "ranked")
 
 
 # ------------------------------------------------------------------------------------------- prompts
-
-
-def uses_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def as_conversation(tokenizer, prompt: Any) -> Any:
-    """The prompt as the policy sees it: message lists stay; text becomes a user message when the
-    tokenizer has a chat template, and stays text otherwise."""
-    if is_conversational(prompt):
-        return list(prompt)
-    if not isinstance(prompt, str):
-        raise TypeError(f"a prompt must be text or a message list, got {type(prompt).__name__}")
-    return [{"role": "user", "content": prompt}] if uses_chat_template(tokenizer) else prompt
 
 
 def prompt_token_ids(tokenizer, prompt: Any) -> list[int]:
@@ -295,8 +281,7 @@ def annotate(
         if not responses:
             continue
         prompt_scores = [scores[j].item() for j, owner in enumerate(owners) if owner == index]
-        if is_conversational(conversations[index]):
-            responses = [[{"role": "assistant", "content": response}] for response in responses]
+        responses = [as_response(conversations[index], response) for response in responses]
         row = pair_samples(conversations[index], responses, prompt_scores, pairing, rng, report)
         if row is not None:
             rows.append(row)

@@ -43,7 +43,8 @@ from prefopt.training.batching import PreferenceCollator, is_kwise_example, toke
 from prefopt.config import PrefOptConfig
 from prefopt.training.fields import REFERENCE_COLUMNS, STEP_FIELDS, FieldProvider, as_matrix, resolve_providers
 from prefopt.training.summary import TRUNCATION_REASONS, truncation_reasons
-from prefopt.logprobs import SequenceLogProbs, model_inputs, preference_accuracy, token_logps
+from prefopt.data.evaluation import preference_accuracy
+from prefopt.logprobs import SequenceLogProbs, model_inputs, token_logps
 from prefopt.losses import LogProbs, combine_losses, length_desensitized_logps, wpo_weights
 
 logger = logging.getLogger(__name__)

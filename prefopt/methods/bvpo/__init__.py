@@ -7,8 +7,8 @@ _TABLE = {
     "auto_alpha": "prefopt.methods.bvpo.reasoning",
     "annotate_views": "prefopt.methods.bvpo.reasoning",
     "EmptyTraceField": "prefopt.methods.bvpo.reasoning",
-    "Thinking": "prefopt.methods.bvpo.reasoning",
-    "ThinkingTokenizer": "prefopt.methods.bvpo.reasoning",
+    "Thinking": "prefopt.chat",
+    "ThinkingTokenizer": "prefopt.chat",
 }
 __getattr__, __dir__ = lazy_face(__name__, _TABLE)
 __all__ = sorted(_TABLE)

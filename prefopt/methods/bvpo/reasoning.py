@@ -33,76 +33,19 @@ docstring); the trainer logs it every step (``hyperparameters/bvpo/alpha``, fixe
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from prefopt.callbacks import LossStateCallback
 from prefopt.training.fields import FieldProvider, as_matrix
-from prefopt.logprobs import encode, is_conversational, pad_sequences, sequence_logps
+from prefopt.chat import Thinking, ThinkingTokenizer, is_conversational, prompt_key, response_text, with_response_text
+from prefopt.logprobs import encode, pad_sequences, sequence_logps
 
 logger = logging.getLogger(__name__)
 
 EMPTY_VIEW_COLUMNS = ("chosen_no_trace", "rejected_no_trace")
-
-
-@dataclass(frozen=True)
-class Thinking:
-    """How a response writes its reasoning trace.
-
-    Args:
-        open_tag, close_tag: the tags around a trace in the response text (default ``<think>``, ``</think>``).
-        empty_block: the text of an empty thinking block placed before an answer (default
-            ``open_tag + "\\n\\n" + close_tag + "\\n\\n"``, what Qwen3 writes with reasoning off).
-        template_switch: the chat template variable that turns reasoning on and off (e.g. ``"enable_thinking"``).
-            When set, the empty-trace view is rendered by the template with ``{template_switch: False}`` (the
-            template writes the empty block) and answers are given without a block. Conversational rows only.
-    """
-
-    open_tag: str = "<think>"
-    close_tag: str = "</think>"
-    empty_block: str | None = None
-    template_switch: str | None = None
-
-    def __post_init__(self):
-        if not self.open_tag or not self.close_tag:
-            raise ValueError("Thinking: open_tag and close_tag must be non-empty strings")
-        if self.empty_block is None:
-            object.__setattr__(self, "empty_block", f"{self.open_tag}\n\n{self.close_tag}\n\n")
-        if not self.empty_block.startswith(self.open_tag) or self.close_tag not in self.empty_block:
-            raise ValueError(f"Thinking: empty_block {self.empty_block!r} must be {self.open_tag!r} ... {self.close_tag!r}")
-
-    @property
-    def _block(self) -> re.Pattern:
-        return re.compile(r"^\s*" + re.escape(self.open_tag) + r"(.*?)" + re.escape(self.close_tag) + r"\s*", re.S)
-
-    def split(self, text: str) -> tuple[str | None, str]:
-        """``(trace, answer)`` of a response; trace is None when the response has no thinking block."""
-        match = self._block.match(text)
-        if match is None:
-            return None, text
-        return match.group(1).strip(), text[match.end() :]
-
-    def with_empty_block(self, answer: str) -> str:
-        """``answer`` behind an empty thinking block (an answer already behind an empty block is kept as is)."""
-        trace, bare = self.split(answer)
-        if trace:
-            raise ValueError(f"expected an answer with an empty or no thinking block, got a trace {trace[:40]!r}")
-        return self.empty_block + bare
-
-
-def _text(response: Any) -> str:
-    return response if isinstance(response, str) else "".join(m["content"] for m in response)
-
-
-def _replace_text(response: Any, text: str) -> Any:
-    if isinstance(response, str):
-        return text
-    return [{**response[0], "content": text}]
 
 
 class EmptyTraceField(FieldProvider):
@@ -174,7 +117,7 @@ class EmptyTraceField(FieldProvider):
         responses = []
         for column in sources:
             response = example[column]
-            trace, answer = self.thinking.split(_text(response))
+            trace, answer = self.thinking.split(response_text(response))
             if trace and not self.from_trace_pairs:
                 where = f"row {row}, " if row is not None else ""
                 raise ValueError(
@@ -182,7 +125,7 @@ class EmptyTraceField(FieldProvider):
                     f"got the trace {trace[:40]!r}"
                 )
             text = answer if self.thinking.template_switch else self.thinking.empty_block + answer
-            responses.append(_replace_text(response, text))
+            responses.append(with_response_text(response, text))
         options = {self.thinking.template_switch: False} if self.thinking.template_switch else {}
         return example["prompt"], responses, options
 
@@ -212,41 +155,6 @@ class EmptyTraceField(FieldProvider):
 # ------------------------------------------------------------------------- building data: annotate twice
 
 
-class ThinkingTokenizer:
-    """A tokenizer whose prompts are rendered with reasoning switched on or off, for sampling with
-    `prefopt.online.generate` / `annotate` (everything else is the wrapped tokenizer's).
-
-    Reasoning off: with ``thinking.template_switch`` the chat template is rendered with ``{switch: False}``
-    (the template writes the empty block); otherwise the empty block is appended to the generation prompt (or
-    to a plain-text prompt), so the model answers right after it. Reasoning on: the template gets
-    ``{switch: True}`` when there is a switch; otherwise prompts are unchanged (the model opens its trace)."""
-
-    def __init__(self, tokenizer, thinking: Thinking | None = None, *, reasoning: bool):
-        self._tokenizer, self._thinking, self._reasoning = tokenizer, thinking or Thinking(), reasoning
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
-
-    def _suffix(self) -> str:
-        return "" if self._reasoning or self._thinking.template_switch else self._thinking.empty_block
-
-    def apply_chat_template(self, messages, *, tokenize=True, return_dict=False, add_generation_prompt=False, **kwargs):
-        if self._thinking.template_switch:
-            kwargs[self._thinking.template_switch] = self._reasoning
-        text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
-        if add_generation_prompt:
-            text += self._suffix()
-        if not tokenize:
-            return text
-        ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
-        return {"input_ids": ids, "attention_mask": [1] * len(ids)} if return_dict else ids
-
-    def __call__(self, text, *args, **kwargs):
-        if isinstance(text, str):
-            text += self._suffix()
-        return self._tokenizer(text, *args, **kwargs)
-
-
 def annotate_views(prompts, policy, tokenizer, reward, *, thinking: Thinking | None = None, n: int = 4,
                    pairing: str = "best_vs_random", seed: int = 0, max_new_tokens: int = 256,
                    max_new_tokens_without_trace: int | None = None, **sampling):
@@ -268,10 +176,10 @@ def annotate_views(prompts, policy, tokenizer, reward, *, thinking: Thinking | N
                                     ("empty", False, max_new_tokens_without_trace or max_new_tokens)):
         views[name] = annotate(prompts, policy, ThinkingTokenizer(tokenizer, thinking, reasoning=reasoning), reward,
                                n=n, pairing=pairing, seed=seed, max_new_tokens=tokens, **sampling)
-    empty_rows = {json.dumps(row["prompt"], sort_keys=True): row for row in views["empty"].rows}
+    empty_rows = {prompt_key(row["prompt"]): row for row in views["empty"].rows}
     rows = []
     for row in views["trace"].rows:
-        empty = empty_rows.get(json.dumps(row["prompt"], sort_keys=True))
+        empty = empty_rows.get(prompt_key(row["prompt"]))
         if empty is None:
             continue
         rows.append({**row, "chosen_no_trace": empty["chosen"], "rejected_no_trace": empty["rejected"],

@@ -48,10 +48,11 @@ from torch.utils.data import Dataset as TorchDataset
 
 from prefopt.callbacks import LossStateCallback
 from prefopt.config import PrefOptConfig
-from prefopt.logprobs import encode, is_conversational, pad_sequences, sequence_logps
+from prefopt.chat import as_conversation, as_response, is_conversational, prompt_key
+from prefopt.logprobs import encode, pad_sequences, sequence_logps
 from prefopt.losses import LogProbs
 from prefopt.losses.fdpg import pointwise_divergence, pseudo_reward
-from prefopt.online.sampling import as_conversation, generate
+from prefopt.online.sampling import generate
 from prefopt.training.trainer import Trainer
 
 TARGETS = ("rlhf", "constraint")
@@ -145,10 +146,6 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct n-grams / all n-grams over whitespace tokens of ``texts`` (Li et al. 2016); 0 with no n-gram."""
     grams = [tuple(words[i : i + n]) for words in (text.split() for text in texts) for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def prompt_key(prompt: Any) -> str:
-    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
 # ------------------------------------------------------------------------------------------- trainer
@@ -287,7 +284,7 @@ class FDPGTrainer(Trainer):
             conversation = as_conversation(self._tokenizer, prompt)
             for text in responses:
                 flat_prompts.append(conversation)
-                flat_responses.append([{"role": "assistant", "content": text}] if is_conversational(conversation) else text)
+                flat_responses.append(as_response(conversation, text))
                 flat_texts.append(text)
         return flat_prompts, flat_responses, flat_texts
 
