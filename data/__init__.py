@@ -17,7 +17,7 @@ from ._validation import (
     InvalidRowError,
     ValidationReport,
 )
-from .evaluation import list_metrics, load_metric, metric_path, preference_accuracy
+from .evaluation import WinRate, list_metrics, load_metric, metric_path, preference_accuracy, wilson_interval, win_rate
 from .formats import FormatSpec, get_format, list_formats, register_format, unregister_format
 from .loading import load_preferences
 from .noise import FlipRateEstimate, estimate_flip_rate, flip_labels
@@ -34,6 +34,7 @@ __all__ = [
     "InvalidRowError",
     "Task",
     "ValidationReport",
+    "WinRate",
     "estimate_flip_rate",
     "flip_labels",
     "get_format",
@@ -45,6 +46,8 @@ __all__ = [
     "load_preferences",
     "metric_path",
     "preference_accuracy",
+    "wilson_interval",
+    "win_rate",
     "register_format",
     "render_chatml",
     "to_pairs",

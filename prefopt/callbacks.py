@@ -29,6 +29,8 @@ from accelerate.utils import is_peft_model
 from transformers import TrainerCallback
 
 from prefopt.chat import display_text
+from prefopt.online.evaluation import compare_samples, is_oracle
+from prefopt.online.sampling import SamplingConfig, generate
 
 
 class StatefulCallback(TrainerCallback):
@@ -210,66 +212,26 @@ def _unwrapped_policy(trainer):
     return trainer.accelerator.unwrap_model(trainer.model)
 
 
-def _check_sampling_options(name: str, prompts, every_n_steps: int, n: int) -> list:
+def _check_prompts(name: str, prompts, every_n_steps: int) -> list:
     prompts = list(prompts)
     if not prompts:
         raise ValueError(f"{name} needs at least one prompt")
-    if every_n_steps < 1 or n < 1:
-        raise ValueError(f"{name}: every_n_steps and n must be >= 1, got {every_n_steps} and {n}")
+    if every_n_steps < 1:
+        raise ValueError(f"{name}: every_n_steps must be >= 1, got {every_n_steps}")
     return prompts
-
-
-def _is_oracle(judge) -> bool:
-    """An oracle takes (prompts, first, second); a reward takes (prompts, responses)."""
-    import inspect
-
-    from prefopt.online.rewards import BradleyTerryOracle, JudgeOracle
-
-    if isinstance(judge, (BradleyTerryOracle, JudgeOracle)):
-        return True
-    try:
-        parameters = inspect.signature(judge).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
-    return len(positional) >= 3
-
-
-def wilson_interval(wins: float, count: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a win rate (``wins`` may be fractional: a tie counts half)."""
-    if count < 1:
-        raise ValueError("wilson_interval needs at least one comparison")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + confidence / 2, dtype=torch.float64)).item()
-    rate = wins / count
-    centre = (rate + z * z / (2 * count)) / (1 + z * z / count)
-    half = z * ((rate * (1 - rate) / count + z * z / (4 * count * count)) ** 0.5) / (1 + z * z / count)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def win_outcomes(judge, prompts, policy_responses, reference_responses, *, oracle: bool | None = None) -> torch.Tensor:
-    """Per comparison, the policy's win in [0, 1]: under a reward 1 / 0.5 (tie) / 0; under an oracle its
-    P(policy > reference) (0.5 for a coin flip, so a tie counts half either way)."""
-    oracle = _is_oracle(judge) if oracle is None else oracle
-    if oracle:
-        return torch.as_tensor(judge(prompts, policy_responses, reference_responses), dtype=torch.float64).reshape(-1)
-    values = torch.as_tensor(judge(list(prompts) * 2, list(policy_responses) + list(reference_responses)), dtype=torch.float64)
-    values = values.reshape(-1)
-    policy, reference = values[: len(prompts)], values[len(prompts) :]
-    return (policy > reference).double() + 0.5 * (policy == reference).double()
 
 
 class WinRateCallback(StatefulCallback):
     """Every ``every_n_steps`` steps, the policy's win rate against the reference on held-out prompts.
 
     Samples ``n`` responses per prompt from the policy and from the reference with
-    `prefopt.online.generate` (same seed per evaluation, so both sides draw the same random numbers),
-    judges each (policy, reference) pair under ``judge`` (any `prefopt.online.rewards` reward ``(prompts,
-    responses) -> [N]`` or oracle ``(prompts, first, second) -> P(first > second)``), and logs through the
-    trainer's log (so every ``report_to`` tracker gets it) ``{prefix}`` (the mean win, ties count half),
-    ``{prefix}_ci_low`` / ``{prefix}_ci_high`` (Wilson interval at ``confidence``, treating every
-    comparison as independent), ``{prefix}_ties`` (reward ties) and ``{prefix}_count``.
+    `prefopt.online.generate` (``sampling``, a `prefopt.online.SamplingConfig`, or keyword options overriding
+    it; same seed per evaluation, so both sides draw the same random numbers), judges each (policy, reference)
+    pair under ``judge`` (any `prefopt.online.rewards` reward ``(prompts, responses) -> [N]`` or oracle
+    ``(prompts, first, second) -> P(first > second)``; `prefopt.online.evaluation.compare_samples`), and logs
+    through the trainer's log (so every ``report_to`` tracker gets it) ``{prefix}`` (the mean win, ties count
+    half), ``{prefix}_ci_low`` / ``{prefix}_ci_high`` (the Wilson interval of `prefopt.data.win_rate` at
+    ``confidence``, treating every comparison as independent), ``{prefix}_ties`` and ``{prefix}_count``.
 
     The reference is ``reference`` when given, else the trainer's ``ref_model``, else (PEFT) the policy with
     its adapter disabled, else a frozen copy of the policy taken when the trainer is built. ``self.history``
@@ -283,22 +245,18 @@ class WinRateCallback(StatefulCallback):
         judge,
         *,
         every_n_steps: int = 100,
-        n: int = 1,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        batch_size: int = 8,
+        sampling: SamplingConfig | None = None,
         confidence: float = 0.95,
         reference=None,
         metric_key_prefix: str = "win_rate",
+        **sampling_options: Any,
     ):
-        self.prompts = _check_sampling_options("WinRateCallback", prompts, every_n_steps, n)
+        self.prompts = _check_prompts("WinRateCallback", prompts, every_n_steps)
         if not 0.0 < confidence < 1.0:
             raise ValueError(f"WinRateCallback: confidence must be in (0, 1), got {confidence}")
-        self.judge, self.oracle = judge, _is_oracle(judge)
-        self.every_n_steps, self.n, self.confidence, self.seed = every_n_steps, n, confidence, seed
-        self.sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "batch_size": batch_size}
+        self.judge, self.oracle = judge, is_oracle(judge)
+        self.every_n_steps, self.confidence = every_n_steps, confidence
+        self.sampling = SamplingConfig.of(sampling, **sampling_options)
         self.reference, self.metric_key_prefix = reference, metric_key_prefix
         self.trainer = None
         self.history: list[tuple[int, dict[str, float]]] = []
@@ -314,8 +272,6 @@ class WinRateCallback(StatefulCallback):
     def _reference_samples(self, seed: int) -> list[list[str]]:
         from trl.trainer.utils import use_adapter
 
-        from prefopt.online.sampling import generate
-
         tokenizer = self.trainer.processing_class
         model, context = self.reference, None
         if model is None and self.trainer.ref_model is not None:
@@ -324,32 +280,27 @@ class WinRateCallback(StatefulCallback):
             model = _unwrapped_policy(self.trainer)
             context = use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)
         with context if context is not None else torch.no_grad():
-            return generate(model, tokenizer, self.prompts, n=self.n, seed=seed, progress=False, **self.sampling)
+            return generate(model, tokenizer, self.prompts, self.sampling.replace(seed=seed), progress=False)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Sample both sides, judge them, log and return the metrics (also called by `on_step_end`)."""
-        from prefopt.online.sampling import generate
-
         if self.trainer is None:
             raise RuntimeError("WinRateCallback needs prefopt.Trainer (which calls bind_trainer)")
-        seed = self.seed + step
-        policy = generate(_unwrapped_policy(self.trainer), self.trainer.processing_class, self.prompts, n=self.n,
-                          seed=seed, progress=False, **self.sampling)
+        seed = self.sampling.seed + step
+        policy = generate(_unwrapped_policy(self.trainer), self.trainer.processing_class, self.prompts,
+                          self.sampling.replace(seed=seed), progress=False)
         reference = self._reference_samples(seed)
-        prompts = [prompt for prompt, samples in zip(self.prompts, policy) for _ in samples]
-        policy_flat = [text for samples in policy for text in samples]
-        reference_flat = [text for samples in reference for text in samples]
-        outcomes = win_outcomes(self.judge, prompts, policy_flat, reference_flat, oracle=self.oracle)
-        if not torch.isfinite(outcomes).all() or ((outcomes < 0) | (outcomes > 1)).any():
-            raise ValueError(f"WinRateCallback: the judge gave outcomes outside [0, 1] or NaN at step {step}: {outcomes.tolist()}")
-        low, high = wilson_interval(outcomes.sum().item(), outcomes.numel(), self.confidence)
+        try:
+            result = compare_samples(self.judge, self.prompts, policy, reference, confidence=self.confidence, oracle=self.oracle)
+        except ValueError as error:
+            raise ValueError(f"WinRateCallback at step {step}: {error}") from None
         prefix = self.metric_key_prefix
         metrics = {
-            prefix: outcomes.mean().item(),
-            f"{prefix}_ci_low": low,
-            f"{prefix}_ci_high": high,
-            f"{prefix}_ties": int((outcomes == 0.5).sum().item()),
-            f"{prefix}_count": outcomes.numel(),
+            prefix: result.mean,
+            f"{prefix}_ci_low": result.low,
+            f"{prefix}_ci_high": result.high,
+            f"{prefix}_ties": result.ties,
+            f"{prefix}_count": result.count,
         }
         _log(self.trainer, metrics)
         self.history.append((step, metrics))
@@ -394,20 +345,16 @@ class SampleTableCallback(StatefulCallback):
         prompts,
         *,
         every_n_steps: int = 100,
-        n: int = 1,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        batch_size: int = 8,
+        sampling: SamplingConfig | None = None,
         reward=None,
         report_to: list[str] | str | None = None,
         table_name: str = "samples",
         jsonl_path: str | None = None,
+        **sampling_options: Any,
     ):
-        self.prompts = _check_sampling_options("SampleTableCallback", prompts, every_n_steps, n)
-        self.every_n_steps, self.n, self.seed, self.reward = every_n_steps, n, seed, reward
-        self.sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "batch_size": batch_size}
+        self.prompts = _check_prompts("SampleTableCallback", prompts, every_n_steps)
+        self.every_n_steps, self.reward = every_n_steps, reward
+        self.sampling = SamplingConfig.of(sampling, **sampling_options)
         self.report_to = [report_to] if isinstance(report_to, str) else report_to
         self.table_name, self.jsonl_path = table_name, jsonl_path
         self.trainer = None
@@ -426,12 +373,10 @@ class SampleTableCallback(StatefulCallback):
 
     def sample(self, step: int) -> list[dict[str, Any]]:
         """This step's rows (sampled with seed ``seed + step``); also called by `on_step_end`."""
-        from prefopt.online.sampling import generate
-
         if self.trainer is None:
             raise RuntimeError("SampleTableCallback needs prefopt.Trainer (which calls bind_trainer)")
-        samples = generate(_unwrapped_policy(self.trainer), self.trainer.processing_class, self.prompts, n=self.n,
-                           seed=self.seed + step, progress=False, **self.sampling)
+        samples = generate(_unwrapped_policy(self.trainer), self.trainer.processing_class, self.prompts,
+                           self.sampling.replace(seed=self.sampling.seed + step), progress=False)
         rows = [
             {"step": step, "prompt": display_text(prompt), "sample": k, "completion": completion}
             for prompt, completions in zip(self.prompts, samples)

@@ -15,7 +15,9 @@ from transformers import TrainerCallback
 
 from helpers_trainer import config_kwargs, make_model, make_tokenizer, pair_dataset
 from prefopt import PrefOptConfig, Trainer
-from prefopt.callbacks import SampleTableCallback, WinRateCallback, _is_oracle, wilson_interval, win_outcomes
+from prefopt.callbacks import SampleTableCallback, WinRateCallback
+from prefopt.data.evaluation import wilson_interval
+from prefopt.online.evaluation import is_oracle, win_outcomes
 from prefopt.rewards import BradleyTerryOracle, FunctionReward, JudgeOracle
 
 PROMPTS = ["say", "tell", "please say"]
@@ -65,7 +67,7 @@ def test_win_outcomes_under_a_reward_count_ties_half_and_under_an_oracle_use_its
     ],
 )
 def test_rewards_and_oracles_are_told_apart(judge, oracle):
-    assert _is_oracle(judge) is oracle
+    assert is_oracle(judge) is oracle
 
 
 # ------------------------------------------------------------------------------------- in the trainer

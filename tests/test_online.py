@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers_trainer import config_kwargs, make_model, make_tokenizer
-from prefopt.online import PAIRINGS, Annotation, PromptTooLongError, annotate, generate, pair_samples
+from prefopt.online import PAIRINGS, Annotation, PromptTooLongError, SamplingConfig, annotate, generate, pair_samples
 from prefopt.rewards import FunctionReward
 
 PROMPTS = ["say", "tell", "please say"]
@@ -199,3 +199,39 @@ def test_annotation_writes_jsonl(tmp_path):
     rows = [{"prompt": "x", "chosen": "a", "rejected": "b", "score_chosen": 1.0, "score_rejected": 0.0}]
     path = Annotation(rows, {}).to_jsonl(tmp_path / "sub" / "out.jsonl")
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows
+
+
+# ---------------------------------------------------------------------------------------- sampling settings
+
+
+@pytest.mark.parametrize("field, value", [("n", 0), ("max_new_tokens", 0), ("batch_size", -1), ("temperature", -0.1),
+                                          ("top_p", 0.0), ("top_p", 1.5), ("seed", 1.5), ("n", True)])
+def test_sampling_config_refuses_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"SamplingConfig.{field}"):
+        SamplingConfig(**{field: value})
+
+
+def test_sampling_options_override_a_config_and_unknown_ones_are_named():
+    base = SamplingConfig(n=3, seed=5)
+    assert SamplingConfig.of(base, max_new_tokens=7, seed=None) == SamplingConfig(n=3, seed=5, max_new_tokens=7)
+    with pytest.raises(TypeError, match=r"\['max_tokens'\]"):
+        SamplingConfig.of(None, max_tokens=3)
+    with pytest.raises(TypeError, match="must be a SamplingConfig"):
+        SamplingConfig.of({"n": 2})
+
+
+def test_every_sampler_takes_its_defaults_from_sampling_config(monkeypatch):
+    """One set of defaults: the callbacks, the round loop and annotate start from SamplingConfig() (annotate and the
+    loop set only their own sample count)."""
+    from prefopt.callbacks import SampleTableCallback, WinRateCallback
+    from prefopt.online import OnlineConfig, annotation
+
+    defaults = SamplingConfig()
+    assert WinRateCallback(PROMPTS, FunctionReward(len)).sampling == defaults
+    assert SampleTableCallback(PROMPTS).sampling == defaults
+    assert OnlineConfig().sampling(defaults.n, defaults.seed) == defaults
+    seen = []
+    monkeypatch.setattr(annotation, "generate", lambda model, tokenizer, prompts, sampling, **kw: seen.append(sampling) or [[] for _ in prompts])
+    annotation.annotate(PROMPTS, None, make_tokenizer(), FunctionReward(len), progress=False)
+    annotation.annotate(PROMPTS, None, make_tokenizer(), FunctionReward(len), sampling=SamplingConfig(n=3), progress=False)
+    assert seen == [defaults.replace(n=annotation.ANNOTATION_SAMPLES), SamplingConfig(n=3)]

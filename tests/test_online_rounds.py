@@ -21,15 +21,11 @@ from helpers_trainer import config_kwargs, make_model, make_tokenizer
 from prefopt import PrefOptConfig
 from prefopt.logprobs import score
 from prefopt.online import OnlineConfig, train_online
-from prefopt.online.rounds import (
-    STATE_FILE,
-    knockout_best_worst,
-    mean_with_interval,
-    rank_samples,
-    round_trainer,
-    scored_best_worst,
-    win_rate,
-)
+from prefopt.data.evaluation import wilson_interval
+from prefopt.online.evaluation import compare_samples
+from prefopt.online.ranking import knockout_best_worst, rank_samples, scored_best_worst
+from prefopt.online.rounds import round_trainer
+from prefopt.online.run_folder import STATE_FILE
 
 # ------------------------------------------------------------------------------------------ rankings
 
@@ -119,11 +115,13 @@ def test_transitive_oracle_ranks_the_strongest_best_and_the_weakest_worst(streng
 
 
 def test_win_rate_and_interval_by_hand():
-    """P values 1, 0, 1, 1 (sample j of new vs sample j of old): mean 0.75; sd = 0.5, 95% half-width 1.96*0.5/2 = 0.49."""
+    """P values 1, 0, 1, 1 (sample j of new vs sample j of old): mean 0.75, Wilson's 95% interval of 3 wins in 4
+    (centre (0.75 + z^2/8) / (1 + z^2/4) = 0.6275, half-width 0.3269: [0.3006, 0.9544]), inside [0, 1] unlike the
+    normal interval 0.75 +- 1.96 * 0.5 / 2 = [0.26, 1.24] the loop reported before."""
     oracle = strength_oracle({"good": 1, "bad": 0})
-    mean, low, high = win_rate(oracle, ["x", "z"], [["good", "bad"], ["good", "good"]], [["bad", "good"], ["bad", "bad"]])
-    assert (mean, low, high) == pytest.approx((0.75, 0.26, 1.24))
-    assert mean_with_interval([0.3]) == (0.3, 0.3, 0.3)
+    result = compare_samples(oracle, ["x", "z"], [["good", "bad"], ["good", "good"]], [["bad", "good"], ["bad", "bad"]])
+    assert (result.mean, result.low, result.high, result.count) == pytest.approx((0.75, 0.3006, 0.9544, 4), abs=1e-4)
+    assert (result.low, result.high) == wilson_interval(3, 4)
 
 
 # ------------------------------------------------------------------------------------------ fields

@@ -18,7 +18,8 @@ Args:
     reward_fn (callable, optional): reward_fn(prompt, response) -> float.
     task (str, optional): name of a bundled prefopt task whose reward to use instead.
 Returns:
-    win_rate (float): (wins + ties / 2) / count; wins, ties, losses, count (int);
+    win_rate (float): (wins + ties / 2) / count, with its 95% Wilson interval win_rate_low, win_rate_high
+    (prefopt.data.win_rate, the statistic of every prefopt win rate); wins, ties, losses, count (int);
     mean_reward_predictions, mean_reward_references (float).
 """
 
@@ -51,10 +52,16 @@ class WinRate(evaluate.Metric):
             raise ValueError("win_rate needs at least one prompt")
         predicted = [float(reward_fn(p, r)) for p, r in zip(prompts, predictions)]
         baseline = [float(reward_fn(p, r)) for p, r in zip(prompts, references)]
+        from prefopt.data.evaluation import win_rate
+
+        outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(predicted, baseline)]
+        statistic = win_rate(outcomes)
         wins = sum(a > b for a, b in zip(predicted, baseline))
         ties = sum(a == b for a, b in zip(predicted, baseline))
         return {
-            "win_rate": (wins + ties / 2) / count,
+            "win_rate": statistic.mean,
+            "win_rate_low": statistic.low,
+            "win_rate_high": statistic.high,
             "wins": wins,
             "ties": ties,
             "losses": count - wins - ties,

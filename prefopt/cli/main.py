@@ -424,7 +424,8 @@ def reporting_user_errors(command: str, debug: bool = False) -> Iterator[None]:
         print(f"prefopt {command}: error: {message}{hint}", file=sys.stderr)
         raise SystemExit(2) from None
 def _annotate_parser() -> argparse.ArgumentParser:
-    from prefopt.online.sampling import PAIRINGS
+    from prefopt.online.annotation import ANNOTATION_SAMPLES, PAIRINGS
+    from prefopt.online.sampling import SamplingConfig
 
     parser = argparse.ArgumentParser(
         prog="prefopt annotate",
@@ -447,14 +448,14 @@ def _annotate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weak-model", default=None, help="CDR weak model (default: --model with the adapter disabled)")
     parser.add_argument("--system-prompt", default=None, help="CDR customised prompt: system message for both models")
     parser.add_argument("--criteria", action="append", default=None, help="CDR criteria (repeatable), added to the system message")
-    parser.add_argument("--n", type=int, default=8, help="samples per prompt (the CDR paper uses 8)")
+    parser.add_argument("--n", type=int, default=ANNOTATION_SAMPLES, help="samples per prompt (the CDR paper uses 8)")
     parser.add_argument("--pairing", default="best_vs_random", choices=list(PAIRINGS))
     parser.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=SamplingConfig.max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=SamplingConfig.temperature)
+    parser.add_argument("--top-p", type=float, default=SamplingConfig.top_p)
+    parser.add_argument("--batch-size", type=int, default=SamplingConfig.batch_size, help="prompts per generation batch")
+    parser.add_argument("--seed", type=int, default=SamplingConfig.seed)
     return parser
 
 
@@ -493,7 +494,8 @@ def annotate(argv: Sequence[str]) -> dict:
     import json
 
     from prefopt.models import default_model_path, load_model
-    from prefopt.online.sampling import annotate as annotate_prompts
+    from prefopt.online.annotation import annotate as annotate_prompts
+    from prefopt.online.sampling import SamplingConfig
     from prefopt.online.rewards import DensityRatioReward, FunctionReward
 
     options = _annotate_parser().parse_args(argv)
@@ -520,11 +522,9 @@ def annotate(argv: Sequence[str]) -> dict:
         elif not options.adapter:
             raise UserError("--reward cdr needs --adapter (strong = with it, weak = without) or --weak-model")
         reward = DensityRatioReward(policy, weak, tokenizer, system_prompt=options.system_prompt, criteria=options.criteria)
-    result = annotate_prompts(
-        prompts, policy, tokenizer, reward, n=options.n, pairing=options.pairing, seed=options.seed,
-        max_new_tokens=options.max_new_tokens, temperature=options.temperature, top_p=options.top_p,
-        batch_size=options.batch_size,
-    )
+    sampling = SamplingConfig(n=options.n, max_new_tokens=options.max_new_tokens, temperature=options.temperature,
+                              top_p=options.top_p, seed=options.seed, batch_size=options.batch_size)
+    result = annotate_prompts(prompts, policy, tokenizer, reward, pairing=options.pairing, sampling=sampling)
     result.to_jsonl(options.output)
     print(json.dumps(result.report))
     print(f"wrote {result.report['rows']} rows to {options.output}")

@@ -39,10 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
-import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -51,14 +48,16 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
-from prefopt.training.fields import FieldProvider, SampleField, as_matrix
 from prefopt.chat import as_conversation, as_response
 from prefopt.logprobs import score, sequence_logps
+from prefopt.online.evaluation import compare_samples
+from prefopt.online.ranking import RANKINGS, as_oracle, rank_samples
+from prefopt.online.run_folder import RunFolder, distributed_state
+from prefopt.online.sampling import SamplingConfig, generate
+from prefopt.training.fields import FieldProvider, SampleField, as_matrix
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "online_state.json"
-RANKINGS = ("knockout", "best_worst")
 CALIBRATION_POLICIES = ("reference", "current")
 # The column holding one calibration sample y_cal ~ pi_cal per prompt (online VPO).
 CALIBRATION_COLUMN = "calibration"
@@ -70,9 +69,10 @@ class OnlineConfig:
 
     rounds: int = field(default=3, metadata={"help": "Number of rounds (INPO paper: 3)."})
     samples_per_prompt: int = field(default=8, metadata={"help": "K responses sampled per prompt and round (INPO paper: 8)."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Longest sampled response, in tokens."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (INPO paper: 1.0)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
+    # the sampling settings' defaults are SamplingConfig's (one set for every sampler)
+    max_new_tokens: int = field(default=SamplingConfig.max_new_tokens, metadata={"help": "Longest sampled response, in tokens."})
+    temperature: float = field(default=SamplingConfig.temperature, metadata={"help": "Sampling temperature (INPO paper: 1.0)."})
+    top_p: float = field(default=SamplingConfig.top_p, metadata={"help": "Nucleus sampling threshold."})
     ranking: str = field(
         default="knockout",
         metadata={"help": "How the oracle picks each prompt's best and worst sample.", "choices": list(RANKINGS)},
@@ -85,12 +85,13 @@ class OnlineConfig:
     eval_samples_per_prompt: int = field(
         default=2, metadata={"help": "Samples per prompt from pi_{t+1} for the round's win rates, reward and KL."}
     )
-    generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
+    generation_batch_size: int = field(default=SamplingConfig.batch_size, metadata={"help": "Prompts per generation batch."})
 
     def __post_init__(self):
-        for name in ("rounds", "samples_per_prompt", "max_new_tokens", "eval_samples_per_prompt", "generation_batch_size"):
+        for name in ("rounds", "samples_per_prompt", "eval_samples_per_prompt"):
             if getattr(self, name) < 1:
                 raise ValueError(f"OnlineConfig.{name} must be >= 1, got {getattr(self, name)}")
+        self.sampling(1, 0)  # the sampling settings are checked where every sampler's are
         if self.samples_per_prompt < 2:
             raise ValueError(f"OnlineConfig.samples_per_prompt must be >= 2 to rank samples, got {self.samples_per_prompt}")
         if self.ranking not in RANKINGS:
@@ -102,6 +103,14 @@ class OnlineConfig:
         if not self.temperature > 0:
             raise ValueError(f"OnlineConfig.temperature must be > 0, got {self.temperature}")
 
+    def sampling(self, n: int, seed: int) -> SamplingConfig:
+        """The round's sampling settings for ``n`` samples per prompt drawn with ``seed``."""
+        try:
+            return SamplingConfig(n=n, max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                                  seed=seed, batch_size=self.generation_batch_size)
+        except ValueError as error:
+            raise ValueError(f"OnlineConfig: {error}") from None
+
 
 @dataclass
 class OnlineResult:
@@ -110,109 +119,6 @@ class OnlineResult:
     model: Any
     history: list[dict[str, float]]
     output_dir: str
-
-
-# ---------------------------------------------------------------------------------------------- ranking
-
-
-def _preferences(oracle, prompts: Sequence, first: Sequence, second: Sequence) -> list[float]:
-    """P(first_i > second_i | prompt_i) for every i, in one oracle call."""
-    if not prompts:
-        return []
-    probabilities = torch.as_tensor(oracle(list(prompts), list(first), list(second)), dtype=torch.float64).flatten()
-    if probabilities.numel() != len(prompts):
-        raise ValueError(f"the oracle returned {probabilities.numel()} probabilities for {len(prompts)} comparisons")
-    if not torch.isfinite(probabilities).all() or ((probabilities < 0) | (probabilities > 1)).any():
-        raise ValueError(f"the oracle must return probabilities in [0, 1], got {probabilities.tolist()}")
-    return probabilities.tolist()
-
-
-def _play(oracle, prompts: Sequence, samples: Sequence[Sequence], brackets: list[list[int]], keep_winner: bool) -> list[list[int]]:
-    """One round of every prompt's bracket: adjacent entrants meet, the winner (or the loser) advances, an odd
-    last entrant gets a bye. A probability of exactly 0.5 advances the first entrant. All prompts' matches go
-    to the oracle in one call."""
-    matches = [(p, bracket[i], bracket[i + 1]) for p, bracket in enumerate(brackets) for i in range(0, len(bracket) - 1, 2)]
-    probabilities = _preferences(
-        oracle, [prompts[p] for p, _, _ in matches], [samples[p][a] for p, a, _ in matches], [samples[p][b] for p, _, b in matches]
-    )
-    advanced: list[list[int]] = [[] for _ in brackets]
-    for (p, a, b), probability in zip(matches, probabilities):
-        first_wins = probability >= 0.5
-        advanced[p].append(a if first_wins == keep_winner else b)
-    for p, bracket in enumerate(brackets):
-        if len(bracket) % 2:
-            advanced[p].append(bracket[-1])
-    return advanced
-
-
-def knockout_best_worst(oracle, prompts: Sequence, samples: Sequence[Sequence]) -> list[tuple[int, int]]:
-    """(best, worst) sample index per prompt by knockout tournaments under ``oracle(prompts, first, second)``.
-
-    The best is the champion of a single-elimination tournament (entrants in sample order, adjacent pairs
-    meet). The worst is the last one left in a tournament in which the loser of each match advances; it shares
-    the first round (its entrants are the first round's losers and the entrant with a bye). About 1.5 K oracle
-    comparisons per prompt, batched over prompts: one oracle call per bracket level.
-    """
-    first_round = [list(range(len(responses))) for responses in samples]
-    if any(len(bracket) < 2 for bracket in first_round):
-        raise ValueError("knockout ranking needs at least 2 samples per prompt")
-    winners = _play(oracle, prompts, samples, first_round, keep_winner=True)
-    # the loser bracket shares the first round: its losers, plus the entrant with a bye (who has lost nothing yet)
-    losers = [
-        [i for i in bracket if i not in set(won)] + ([bracket[-1]] if len(bracket) % 2 else [])
-        for bracket, won in zip(first_round, winners)
-    ]
-    while any(len(bracket) > 1 for bracket in winners):
-        winners = _play(oracle, prompts, samples, winners, keep_winner=True)
-    while any(len(bracket) > 1 for bracket in losers):
-        losers = _play(oracle, prompts, samples, losers, keep_winner=False)
-    return [(won[0], lost[0]) for won, lost in zip(winners, losers)]
-
-
-def scored_best_worst(oracle, prompts: Sequence, samples: Sequence[Sequence], reward=None) -> list[tuple[int, int]]:
-    """(best, worst) per prompt: argmax / argmin of ``reward(prompts, responses)`` when given, else of each
-    sample's mean win probability against the other samples of its prompt (a round robin under ``oracle``).
-    The first index wins a tie."""
-    flat_prompts = [prompt for prompt, responses in zip(prompts, samples) for _ in responses]
-    flat_samples = [response for responses in samples for response in responses]
-    if reward is not None:
-        values = torch.as_tensor(reward(flat_prompts, flat_samples), dtype=torch.float64).flatten().tolist()
-        scores, start = [], 0
-        for responses in samples:
-            scores.append(values[start : start + len(responses)])
-            start += len(responses)
-    else:
-        matches = [(p, a, b) for p, responses in enumerate(samples) for a in range(len(responses)) for b in range(len(responses)) if a != b]
-        probabilities = _preferences(
-            oracle, [prompts[p] for p, _, _ in matches], [samples[p][a] for p, a, _ in matches], [samples[p][b] for p, _, b in matches]
-        )
-        scores = [[0.0] * len(responses) for responses in samples]
-        for (p, a, _), probability in zip(matches, probabilities):
-            scores[p][a] += probability / (len(samples[p]) - 1)
-    pairs = []
-    for values in scores:
-        best = max(range(len(values)), key=lambda i: (values[i], -i))
-        worst = min(range(len(values)), key=lambda i: (values[i], i))
-        pairs.append((best, worst))
-    return pairs
-
-
-def rank_samples(oracle, prompts: Sequence, samples: Sequence[Sequence], method: str = "knockout", reward=None):
-    """``(pairs, ties)``: one (prompt index, best, worst) per prompt whose best beats its worst strictly under
-    the oracle (P > 0.5), and the indices of the prompts skipped because the two tie (identical texts, or P <= 0.5)."""
-    if method == "knockout":
-        chosen = knockout_best_worst(oracle, prompts, samples)
-    elif method == "best_worst":
-        chosen = scored_best_worst(oracle, prompts, samples, reward)
-    else:
-        raise ValueError(f"ranking must be one of {list(RANKINGS)}, got {method!r}")
-    candidates = [(p, best, worst) for p, (best, worst) in enumerate(chosen) if samples[p][best] != samples[p][worst]]
-    probabilities = _preferences(
-        oracle, [prompts[p] for p, _, _ in candidates], [samples[p][b] for p, b, _ in candidates], [samples[p][w] for p, _, w in candidates]
-    )
-    pairs = [candidate for candidate, probability in zip(candidates, probabilities) if probability > 0.5]
-    kept = {p for p, _, _ in pairs}
-    return pairs, [p for p in range(len(samples)) if p not in kept]
 
 
 # --------------------------------------------------------------------------------------- field providers
@@ -342,90 +248,7 @@ def _round_trainer_class():
     return RoundTrainer
 
 
-# ----------------------------------------------------------------------------------------------- metrics
-
-
-def mean_with_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and its normal-approximation 95% interval (1.96 standard errors; zero width for one value)."""
-    values = torch.as_tensor(list(values), dtype=torch.float64)
-    mean = values.mean().item()
-    if values.numel() < 2:
-        return mean, mean, mean
-    half_width = 1.96 * values.std(unbiased=True).item() / math.sqrt(values.numel())
-    return mean, mean - half_width, mean + half_width
-
-
-def win_rate(oracle, prompts: Sequence, new: Sequence[Sequence], old: Sequence[Sequence]) -> tuple[float, float, float]:
-    """Mean P(new > old) under the oracle over paired samples (sample j of ``new`` vs sample j of ``old`` for each
-    prompt), with its 95% interval."""
-    count = min(min(len(a), len(b)) for a, b in zip(new, old))
-    flat = [(prompt, a[j], b[j]) for prompt, a, b in zip(prompts, new, old) for j in range(count)]
-    probabilities = _preferences(oracle, [x for x, _, _ in flat], [a for _, a, _ in flat], [b for _, _, b in flat])
-    return mean_with_interval(probabilities)
-
-
 # ----------------------------------------------------------------------------------------------- the loop
-
-
-def _atomic_json(path: Path, value: Any) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(value, indent=1))
-    os.replace(temporary, path)
-
-
-def _distributed_state():
-    from accelerate import PartialState
-
-    return PartialState()
-
-
-def _shared_json(path: Path, compute: Callable[[], Any]) -> Any:
-    """``compute()`` run once, by the main process, and saved to ``path`` (unless a previous, interrupted run saved
-    it); every process then reads the same value. Under ``accelerate launch`` sampling, ranking and evaluation thus
-    happen once and every process trains on the same rows."""
-    state = _distributed_state()
-    if not path.exists() and state.is_main_process:
-        _atomic_json(path, compute())
-    state.wait_for_everyone()
-    return json.loads(path.read_text())
-
-
-def _latest_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
-
-
-def _save_policy(model, folder: Path) -> None:
-    """Adapter weights (PEFT) or the full model, in save_pretrained's format."""
-    model.save_pretrained(folder)
-
-
-def _load_policy(model, folder: Path) -> None:
-    """Load a `_save_policy` snapshot into ``model`` (tied weights, saved once, are restored through their twin)."""
-    from accelerate.utils import is_peft_model
-
-    if is_peft_model(model):
-        from peft import load_peft_weights, set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_peft_weights(str(folder)))
-        return
-    if not (folder / "model.safetensors").exists():
-        from transformers.modeling_utils import load_sharded_checkpoint
-
-        load_sharded_checkpoint(model, str(folder))
-        return
-    from safetensors.torch import load_file
-
-    state = load_file(str(folder / "model.safetensors"))
-    result = model.load_state_dict(state, strict=False)
-    current = model.state_dict()
-    loaded = {current[key].data_ptr() for key in state if key in current}
-    untied_missing = [key for key in result.missing_keys if current[key].data_ptr() not in loaded]
-    if untied_missing or result.unexpected_keys:
-        raise ValueError(
-            f"snapshot {folder} does not match the model: missing {untied_missing}, unexpected {result.unexpected_keys}"
-        )
 
 
 def _round_args(args, folder: Path):
@@ -448,16 +271,6 @@ def _online_loss_kwargs(spec, args) -> tuple[dict, bool]:
         own.setdefault("mode", "online")
         return kwargs, own["mode"] == "online"
     return kwargs, False
-
-
-def _as_oracle(reward, oracle):
-    if oracle is not None:
-        return oracle
-    if reward is None:
-        raise ValueError("train_online needs a `reward` (turned into a Bradley-Terry oracle) or a preference `oracle`")
-    from prefopt.online.rewards import BradleyTerryOracle
-
-    return BradleyTerryOracle(reward)
 
 
 def train_online(
@@ -522,9 +335,8 @@ def train_online(
     if args is not None and args.loss is not None and args.loss != loss:
         raise ValueError(f"args.loss is {args.loss!r} but train_online(loss={loss!r}); set one of them")
     loss_kwargs, needs_calibration = _online_loss_kwargs(spec, args)
-    oracle = _as_oracle(reward, oracle)
-    output_dir = Path(args.output_dir if args is not None else "outputs/online")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    oracle = as_oracle(reward, oracle)
+    run = RunFolder(args.output_dir if args is not None else "outputs/online")
 
     if peft_config is not None:
         if is_peft_model(model):
@@ -540,33 +352,25 @@ def train_online(
     if reference_model is not None:
         reference_model.eval().requires_grad_(False)
 
-    state_path = output_dir / STATE_FILE
     settings = {"loss": loss, "loss_kwargs": loss_kwargs, "config": {k: v for k, v in asdict(config).items() if k != "rounds"}}
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"rounds_done": 0, "history": [], "settings": settings}
-    if state["settings"] != json.loads(json.dumps(settings)):
-        raise ValueError(
-            f"{state_path} was written by a run with other settings {state['settings']}; use another output_dir "
-            f"or the same settings ({settings}) to resume it"
-        )
+    state = run.state(settings)
     if state["rounds_done"]:
-        _load_policy(model, output_dir / f"round-{state['rounds_done']}" / "policy")
+        run.load_policy(model, state["rounds_done"])
         logger.info("resuming after round %d of %d", state["rounds_done"], config.rounds)
 
-    # pi_ref's evaluation samples are drawn once (round 1's pi_t is pi_ref) and kept for every round's win rate
-    reference_samples_path = output_dir / "reference_samples.json"
     for round_number in range(state["rounds_done"] + 1, config.rounds + 1):
-        folder = output_dir / f"round-{round_number}"
-        folder.mkdir(exist_ok=True)
+        folder = run.round_folder(round_number)
         round_seed = (args.seed if args is not None else 0) + round_number
-        data = _shared_json(folder / "round_data.json", lambda: _round_data(
+        data = run.shared(f"{folder.name}/round_data.json", lambda: _round_data(
             model, tokenizer, prompts, eval_prompts, oracle, reward, config, round_seed, reference_model, needs_calibration,
         ))  # saved: a resumed round trains on the same pairs
         rows = Dataset.from_list(data["rows"]) if data["rows"] else Dataset.from_dict({})
         round_info, previous_samples = data["info"], data["previous_samples"]
-        reference_samples = _shared_json(reference_samples_path, lambda: previous_samples)  # round 1's pi_t is pi_ref
+        # pi_ref's evaluation samples are drawn once (round 1's pi_t is pi_ref) and kept for every round's win rate
+        reference_samples = run.shared("reference_samples.json", lambda: previous_samples)
         trainer, logged = None, []
         # with dataloader_drop_last, a round with fewer pairs than one global batch has no step to train
-        one_batch = (args.per_device_train_batch_size * _distributed_state().num_processes) if args is not None else 1
+        one_batch = (args.per_device_train_batch_size * distributed_state().num_processes) if args is not None else 1
         too_few = args is not None and args.dataloader_drop_last and 0 < len(rows) < one_batch
         if too_few:
             logger.warning(
@@ -579,7 +383,7 @@ def train_online(
             round_args.loss, round_args.loss_kwargs = loss, loss_kwargs or None
             trainer = round_trainer(model, tokenizer, rows, round_args, reference_model=reference_model,
                                     calibration=needs_calibration, callbacks=callbacks)
-            trainer.train(resume_from_checkpoint=_latest_checkpoint(folder))
+            trainer.train(resume_from_checkpoint=run.latest_checkpoint(round_number))
             # the mean of the logged step losses (a resumed round restores its log history, so it equals the
             # uninterrupted one's); with fewer steps than logging_steps, the Trainer's own average of the round
             logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -590,7 +394,7 @@ def train_online(
                 "policy is unchanged this round (raise samples_per_prompt or temperature, or check the reward)",
                 round_number, len(prompts),
             )
-        metrics = _shared_json(folder / "metrics.json", lambda: {
+        metrics = run.shared(f"{folder.name}/metrics.json", lambda: {
             "round": round_number, **round_info, "train_loss": sum(logged) / len(logged) if logged else float("nan"),
             **_round_metrics(model, tokenizer, eval_prompts, oracle, reward, config, round_seed, reference_model,
                              previous_samples, reference_samples),
@@ -598,12 +402,11 @@ def train_online(
         if trainer is not None:  # through the round's callbacks and report_to integrations
             trainer.log({f"online/{key}": value for key, value in metrics.items()})
         state["rounds_done"], state["history"] = round_number, [*state["history"], metrics]
-        if _distributed_state().is_main_process:
-            _save_policy(model, folder / "policy")
-            _atomic_json(state_path, state)
-        _distributed_state().wait_for_everyone()
+        run.save_policy(model, round_number)
+        run.save_state(state)
+        distributed_state().wait_for_everyone()
         logger.info("round %d: %s", round_number, metrics)
-    return OnlineResult(model=model, history=state["history"], output_dir=str(output_dir))
+    return OnlineResult(model=model, history=state["history"], output_dir=str(run.path))
 
 
 def round_trainer(model, tokenizer, rows: Dataset, args, *, reference_model=None, calibration: bool = False, callbacks=None):
@@ -647,13 +450,8 @@ def _reference_scorer(model, reference_model) -> Callable[[dict], torch.Tensor]:
 
 
 def _sample(model, tokenizer, prompts, config: OnlineConfig, n: int, seed: int) -> list[list[str]]:
-    from prefopt.online.sampling import generate
-
     with _evaluation_mode(model):
-        return [list(responses) for responses in generate(
-            model, tokenizer, prompts, n=n, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-            top_p=config.top_p, seed=seed, batch_size=config.generation_batch_size,
-        )]
+        return [list(responses) for responses in generate(model, tokenizer, prompts, config.sampling(n, seed))]
 
 
 def _round_data(model, tokenizer, prompts, eval_prompts, oracle, reward, config, seed: int, reference_model,
@@ -691,8 +489,8 @@ def _round_metrics(model, tokenizer, eval_prompts, oracle, reward, config, seed,
     new_samples = _sample(model, tokenizer, eval_prompts, config, config.eval_samples_per_prompt, seed + 30_000)
     metrics = {}
     for name, old in (("previous", previous_samples), ("reference", reference_samples)):
-        mean, low, high = win_rate(oracle, eval_prompts, new_samples, old)
-        metrics.update({f"win_rate/{name}": mean, f"win_rate/{name}_low": low, f"win_rate/{name}_high": high})
+        result = compare_samples(oracle, eval_prompts, new_samples, old, oracle=True)
+        metrics.update({f"win_rate/{name}": result.mean, f"win_rate/{name}_low": result.low, f"win_rate/{name}_high": result.high})
     flat_prompts = [prompt for prompt, responses in zip(eval_prompts, new_samples) for _ in responses]
     flat_responses = [as_response(prompt, r) for prompt, responses in zip(eval_prompts, new_samples) for r in responses]
     if reward is not None:

@@ -42,6 +42,8 @@ from prefopt.callbacks import LossStateCallback
 from prefopt.training.fields import FieldProvider, as_matrix
 from prefopt.chat import Thinking, ThinkingTokenizer, is_conversational, prompt_key, response_text, with_response_text
 from prefopt.logprobs import encode, pad_sequences, sequence_logps
+from prefopt.online.annotation import ANNOTATION_SAMPLES, Annotation, annotate
+from prefopt.online.sampling import SamplingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -155,27 +157,32 @@ class EmptyTraceField(FieldProvider):
 # ------------------------------------------------------------------------- building data: annotate twice
 
 
-def annotate_views(prompts, policy, tokenizer, reward, *, thinking: Thinking | None = None, n: int = 4,
-                   pairing: str = "best_vs_random", seed: int = 0, max_new_tokens: int = 256,
-                   max_new_tokens_without_trace: int | None = None, **sampling):
+def annotate_views(prompts, policy, tokenizer, reward, *, thinking: Thinking | None = None,
+                   pairing: str = "best_vs_random", sampling: SamplingConfig | None = None,
+                   max_new_tokens_without_trace: int | None = None, progress: bool = True, **sampling_options):
     """BVPO rows built as the paper builds them: ``n`` samples per prompt with reasoning on (trace pairs) and
     ``n`` with reasoning off (empty-trace pairs) from the same ``policy``, each set labelled with ``reward`` by
     `prefopt.online.annotate` (pairwise ``pairing``), joined by prompt.
+
+    Sampling settings are `prefopt.online.annotate`'s (a `SamplingConfig` and/or keyword options such as
+    ``n=4, max_new_tokens=256, seed=0``); reasoning traces are long, so a larger ``max_new_tokens`` than the
+    default is usual, and ``max_new_tokens_without_trace`` can set a shorter one for the empty-trace view.
 
     Returns a `prefopt.online.Annotation` whose rows hold ``prompt``, ``chosen``/``rejected`` (+ scores) and
     ``chosen_no_trace``/``rejected_no_trace`` (+ ``score_chosen_no_trace``/``score_rejected_no_trace``), ready for
     ``PrefOptConfig(loss="bvpo")`` with ``EmptyTraceField(thinking)``. Its report has each view's annotation
     report and ``prompts_without_both`` (prompts left out because one view had only tied samples)."""
-    from prefopt.online.sampling import Annotation, annotate
-
     if pairing == "ranked":
         raise ValueError("annotate_views builds pairs (BVPO is pairwise); use pairing 'best_vs_random' or 'best_vs_worst'")
     thinking = thinking or Thinking()
+    if sampling is None:
+        sampling_options.setdefault("n", ANNOTATION_SAMPLES)
+    trace_sampling = SamplingConfig.of(sampling, **sampling_options)
     views = {}
-    for name, reasoning, tokens in (("trace", True, max_new_tokens),
-                                    ("empty", False, max_new_tokens_without_trace or max_new_tokens)):
+    for name, reasoning, view_sampling in (("trace", True, trace_sampling),
+                                           ("empty", False, trace_sampling.replace(max_new_tokens=max_new_tokens_without_trace))):
         views[name] = annotate(prompts, policy, ThinkingTokenizer(tokenizer, thinking, reasoning=reasoning), reward,
-                               n=n, pairing=pairing, seed=seed, max_new_tokens=tokens, **sampling)
+                               pairing=pairing, sampling=view_sampling, progress=progress)
     empty_rows = {prompt_key(row["prompt"]): row for row in views["empty"].rows}
     rows = []
     for row in views["trace"].rows:

@@ -52,7 +52,7 @@ from prefopt.chat import as_conversation, as_response, is_conversational, prompt
 from prefopt.logprobs import encode, pad_sequences, sequence_logps
 from prefopt.losses import LogProbs
 from prefopt.losses.fdpg import pointwise_divergence, pseudo_reward
-from prefopt.online.sampling import generate
+from prefopt.online.sampling import SamplingConfig, generate
 from prefopt.training.trainer import Trainer
 
 TARGETS = ("rlhf", "constraint")
@@ -179,7 +179,9 @@ class FDPGTrainer(Trainer):
         proposal: a model to sample from instead of the policy (disco's offline mode); it is replaced by the
             policy whenever, over the last ``proposal_update_every`` steps, the policy was closer to the target
             than it by the ``proposal_update_metric`` divergence. None: sample from the policy (on-policy).
-        samples_per_prompt, max_new_tokens, temperature, top_p: sampling (`prefopt.online.generate`).
+        samples_per_prompt: samples drawn per prompt and step (disco's default 4).
+        sampling: the other sampling settings (`prefopt.online.SamplingConfig`; keyword options such as
+            ``max_new_tokens=32`` override it); its seed offsets the per-step seed (``args.seed`` and the step).
         baseline_window: how many past pseudo-rewards the baseline averages (disco: 1024).
         args: a `PrefOptConfig` whose loss is ``fdpg`` (divergence in ``loss_kwargs``); its batch size counts
             prompts per step. callbacks, peft_config, ref_model: as `prefopt.Trainer`.
@@ -199,14 +201,13 @@ class FDPGTrainer(Trainer):
         proposal_update_every: int = 16,
         proposal_update_metric: str = "kl",
         samples_per_prompt: int = 4,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
+        sampling: SamplingConfig | None = None,
         baseline_window: int = 1024,
         args: PrefOptConfig | None = None,
         ref_model=None,
         callbacks=None,
         peft_config=None,
+        **sampling_options,
     ):
         if target not in TARGETS:
             raise ValueError(f"f-DPG target must be one of {list(TARGETS)}, got {target!r}")
@@ -226,8 +227,8 @@ class FDPGTrainer(Trainer):
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
         self.target, self.reward, self.target_beta, self.constraint = target, reward, beta, constraint
-        self.samples_per_prompt, self.max_new_tokens = samples_per_prompt, max_new_tokens
-        self.temperature, self.top_p = temperature, top_p
+        self.sampling = SamplingConfig.of(sampling, **sampling_options).replace(n=samples_per_prompt)
+        self.samples_per_prompt, self.max_new_tokens = samples_per_prompt, self.sampling.max_new_tokens
         self.proposal_update_every, self.proposal_update_metric = proposal_update_every, proposal_update_metric
         self.proposal = proposal
         self.fdpg_state = FDPGState(baseline_window)
@@ -276,9 +277,8 @@ class FDPGTrainer(Trainer):
     def _samples(self, prompts: list) -> tuple[list, list, list[str]]:
         """(prompt per sample, response per sample as the policy sees it, response texts), sampled from q."""
         sampler = self.proposal if self.proposal is not None else self.accelerator.unwrap_model(self.model)
-        seed = self.args.seed * 1_000_003 + self.state.global_step  # the same samples after a resume
-        texts = generate(sampler, self._tokenizer, prompts, n=self.samples_per_prompt, max_new_tokens=self.max_new_tokens,
-                         temperature=self.temperature, top_p=self.top_p, seed=seed, progress=False)
+        seed = self.args.seed * 1_000_003 + self.sampling.seed + self.state.global_step  # the same samples after a resume
+        texts = generate(sampler, self._tokenizer, prompts, self.sampling.replace(seed=seed), progress=False)
         flat_prompts, flat_responses, flat_texts = [], [], []
         for prompt, responses in zip(prompts, texts):
             conversation = as_conversation(self._tokenizer, prompt)
@@ -421,8 +421,8 @@ def _parser():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--prompts-per-step", type=int, default=2)
     parser.add_argument("--samples-per-prompt", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=SamplingConfig.max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=SamplingConfig.temperature)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--output-dir", default="outputs/fdpg")
     parser.add_argument("--seed", type=int, default=0)
