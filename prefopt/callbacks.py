@@ -25,12 +25,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from accelerate.utils import is_peft_model
 from transformers import TrainerCallback
 
 from prefopt.chat import display_text
 from prefopt.online.evaluation import compare_samples, is_oracle
 from prefopt.online.sampling import SamplingConfig, generate
+from prefopt.training.reference import Reference, full_parameters, mix_into
 
 
 class StatefulCallback(TrainerCallback):
@@ -103,7 +103,9 @@ class ReferenceRefreshCallback(StatefulCallback):
 
     Gorbatovski et al. 2024, "Learn Your Reference Model for Real Good Alignment" (arXiv 2404.09656);
     alpha = 1 is a hard copy. Needs a reference model held in memory (an explicit ``ref_model``, or the
-    copy `prefopt.Trainer` makes of an in-memory model). Not supported, and refused at construction:
+    copy `prefopt.Trainer` makes of an in-memory model). Under DeepSpeed ZeRO-3 the sharded parameters of both
+    models are gathered before they are mixed (as TRL's ``SyncRefModelCallback``), never mixed shard by shard.
+    Not supported, and refused at construction:
       * PEFT without ``ref_model``: the reference is the base model with the adapter disabled, which the
         policy shares, so it cannot move without moving the policy;
       * ``precompute_ref_log_probs=True``: the stored reference log-probs would be stale.
@@ -124,37 +126,39 @@ class ReferenceRefreshCallback(StatefulCallback):
     def bind_trainer(self, trainer) -> None:
         if trainer.args.precompute_ref_log_probs:
             raise ValueError("ReferenceRefreshCallback cannot be used with precompute_ref_log_probs=True (stale cache)")
-        if trainer.ref_model is None:
-            how = (
-                "with PEFT the reference is the adapter-disabled base model, shared with the policy"
-                if is_peft_model(trainer.model)
-                else "the loss needs no reference model"
-            )
+        if trainer.reference.kind != "model":
+            how = {
+                "base": "with PEFT the reference is the adapter-disabled base model, shared with the policy",
+                "ref_adapter": "with PEFT the reference is the policy's frozen 'ref' adapter, not a model of its own",
+            }.get(trainer.reference.kind, "the loss needs no reference model")
             raise ValueError(f"ReferenceRefreshCallback needs a reference model in memory; {how}. Pass ref_model=...")
         self.trainer = trainer
 
-    @torch.no_grad()
+    def _models(self):
+        unwrap = self.trainer.accelerator.unwrap_model
+        return unwrap(self.trainer.model), unwrap(self.trainer.reference.model)
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.trainer is not None and state.global_step % self.every_n_steps == 0:
-            policy = self.trainer.accelerator.unwrap_model(self.trainer.model)
-            reference = self.trainer.accelerator.unwrap_model(self.trainer.ref_model)
-            for reference_parameter, policy_parameter in zip(reference.parameters(), policy.parameters(), strict=True):
-                reference_parameter.mul_(1.0 - self.mixup_alpha).add_(policy_parameter, alpha=self.mixup_alpha)
+            policy, reference = self._models()
+            mix_into(reference, policy, self.mixup_alpha, self.trainer.accelerator)
             self.refreshes += 1
         return control
 
     def state_dict(self) -> dict[str, Any]:
         if self.trainer is None:
             raise RuntimeError("ReferenceRefreshCallback needs prefopt.Trainer (which calls bind_trainer)")
-        reference = self.trainer.accelerator.unwrap_model(self.trainer.ref_model)
-        weights = {name: tensor.detach().cpu().clone() for name, tensor in reference.state_dict().items()}
+        _, reference = self._models()
+        with full_parameters([reference], self.trainer.accelerator):
+            weights = {name: tensor.detach().cpu().clone() for name, tensor in reference.state_dict().items()}
         return {"refreshes": self.refreshes, "reference": weights}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.refreshes = state["refreshes"]
-        reference = self.trainer.accelerator.unwrap_model(self.trainer.ref_model)
-        reference.load_state_dict(state["reference"])
+        _, reference = self._models()
+        with full_parameters([reference], self.trainer.accelerator, modifier_rank=0):
+            reference.load_state_dict(state["reference"])
 
 
 class RewardShiftCallback(LossStateCallback):
@@ -233,8 +237,10 @@ class WinRateCallback(StatefulCallback):
     half), ``{prefix}_ci_low`` / ``{prefix}_ci_high`` (the Wilson interval of `prefopt.data.win_rate` at
     ``confidence``, treating every comparison as independent), ``{prefix}_ties`` and ``{prefix}_count``.
 
-    The reference is ``reference`` when given, else the trainer's ``ref_model``, else (PEFT) the policy with
-    its adapter disabled, else a frozen copy of the policy taken when the trainer is built. ``self.history``
+    The reference is ``reference`` when given, else the trainer's (`prefopt.training.reference.Reference`: its
+    ``ref_model``, or the PEFT policy with its adapter switched), else, when the run has no reference model in
+    memory, a frozen copy of the policy taken when the trainer is built; ``self.against`` holds it (a
+    `prefopt.training.reference.Reference`) once the trainer is bound. ``self.history``
     keeps (step, metrics) and is checkpointed; the evaluation at step ``s`` samples with seed ``seed + s``, so a
     resumed run logs what the uninterrupted one would.
     """
@@ -263,24 +269,13 @@ class WinRateCallback(StatefulCallback):
 
     def bind_trainer(self, trainer) -> None:
         self.trainer = trainer
-        if self.reference is None and trainer.ref_model is None and not is_peft_model(_unwrapped_policy(trainer)):
-            import copy
-
-            # a reference-free loss keeps no reference: compare against the policy as it starts
-            self.reference = copy.deepcopy(_unwrapped_policy(trainer)).eval().requires_grad_(False)
+        # a reference-free loss keeps no reference (nor does precomputation): compare against the policy as it starts
+        self.against = Reference.separate(self.reference) if self.reference is not None else trainer.reference.frozen_copy()
 
     def _reference_samples(self, seed: int) -> list[list[str]]:
-        from trl.trainer.utils import use_adapter
-
-        tokenizer = self.trainer.processing_class
-        model, context = self.reference, None
-        if model is None and self.trainer.ref_model is not None:
-            model = self.trainer.accelerator.unwrap_model(self.trainer.ref_model)
-        if model is None:  # PEFT: the base model under the policy's adapter
-            model = _unwrapped_policy(self.trainer)
-            context = use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)
-        with context if context is not None else torch.no_grad():
-            return generate(model, tokenizer, self.prompts, self.sampling.replace(seed=seed), progress=False)
+        with self.against.active() as model:
+            model = self.trainer.accelerator.unwrap_model(model)
+            return generate(model, self.trainer.processing_class, self.prompts, self.sampling.replace(seed=seed), progress=False)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Sample both sides, judge them, log and return the metrics (also called by `on_step_end`)."""

@@ -101,6 +101,12 @@ def pad_sequences(
 # ------------------------------------------------------------------------------------------ log-probs
 
 
+def as_matrix(values: torch.Tensor, response_index: torch.Tensor) -> torch.Tensor:
+    """Per-row values [N] -> [B, K] laid out by ``response_index`` (0 where a row has fewer responses)."""
+    real = response_index >= 0
+    return values[response_index.clamp(min=0)].masked_fill(~real, 0)
+
+
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     """The entries of a collated batch that the model's forward takes."""
     return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS and not k.startswith("field_")}

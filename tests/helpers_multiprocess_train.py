@@ -33,7 +33,7 @@ def main(output: str, cache: str, per_device_batch: int) -> None:
         weights = {name: value.detach().cpu() for name, value in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
         reference = torch.tensor([sum(row) for row in trainer.train_dataset["ref_logps"]])
         torch.save({"losses": losses, "weights": weights, "reference": reference, "loss": loss,
-                    "processes": trainer.accelerator.num_processes, "misses": trainer._reference_misses}, Path(output) / "result.pt")
+                    "processes": trainer.accelerator.num_processes, "misses": trainer.reference_cache.misses}, Path(output) / "result.pt")
 
 
 if __name__ == "__main__":

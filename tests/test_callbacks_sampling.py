@@ -82,7 +82,7 @@ def test_win_rate_against_an_unmoved_reference_is_one_half_all_ties(tmp_path, re
     trainer = _trainer(tmp_path, [callback], learning_rate=0.0, peft=reference_kind == "peft",
                        loss="simpo" if reference_kind == "initial_copy" else "dpo", **options)
     if reference_kind == "initial_copy":
-        assert trainer.ref_model is None and callback.reference is not None
+        assert trainer.ref_model is None and callback.against.kind == "model" and callback.against.model is not trainer.model
     trainer.train()
     assert [step for step, _ in callback.history] == [1, 2]
     for _, metrics in callback.history:

@@ -21,7 +21,8 @@ from helpers_trainer import config_kwargs, kwise_dataset, make_model, make_token
 from prefopt import PrefOptConfig, Trainer
 from prefopt.training import packing
 from prefopt.training.batching import PreferenceCollator
-from prefopt.training.fields import STEP_FIELDS, ColumnField, as_matrix, default_providers
+from prefopt.logprobs import as_matrix
+from prefopt.training.fields import STEP_FIELDS, ColumnField, default_providers
 from prefopt.losses import LogProbs, get_loss, list_losses
 
 VOCAB = 40
@@ -329,8 +330,8 @@ def test_precomputed_reference_uses_the_packed_layout_and_the_cache(tmp_path):
                           args=PrefOptConfig(loss="dpo", **config_kwargs(tmp_path / str(sharing), prefix_sharing=sharing,
                                                                          precompute_ref_log_probs=True)))
         tables[sharing] = torch.tensor([trainer.train_dataset["ref_chosen_logps"], trainer.train_dataset["ref_rejected_logps"]])
-        assert trainer._reference_misses == 1
+        assert trainer.reference_cache.misses == 1
     torch.testing.assert_close(tables[True], tables[False], rtol=1e-5, atol=1e-5)
     again = Trainer(make_model().double(), train_dataset=pair_dataset(8), processing_class=make_tokenizer(),
                     args=PrefOptConfig(loss="dpo", **config_kwargs(tmp_path / "True", precompute_ref_log_probs=True)))
-    assert again._reference_hits == 1
+    assert again.reference_cache.hits == 1

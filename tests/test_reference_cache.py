@@ -102,7 +102,7 @@ def test_the_trainer_recomputes_a_damaged_cache_and_stores_a_good_one(tmp_path, 
 
     with caplog.at_level(logging.WARNING, logger="prefopt.training.reference_cache"):
         second = _precomputing_trainer(tmp_path, make_data(), loss)
-    assert second._reference_misses == 1 and any(path in r.getMessage() for r in caplog.records)
+    assert second.reference_cache.misses == 1 and any(path in r.getMessage() for r in caplog.records)
     assert second.train_dataset[column] == expected
     third = _precomputing_trainer(tmp_path, make_data(), loss)  # the recomputed file is good again
-    assert third._reference_hits == 1
+    assert third.reference_cache.hits == 1

@@ -161,12 +161,12 @@ def _precomputing_trainer(tmp_path, model, dataset, loss="dpo", **overrides):
 def test_reference_cache_hits_for_same_model_and_data_and_misses_otherwise(tmp_path):
     _CountingTrainer.reference_forwards = 0
     first = _precomputing_trainer(tmp_path, make_model(), pair_dataset())
-    assert first._reference_misses == 1 and _CountingTrainer.reference_forwards > 0
+    assert first.reference_cache.misses == 1 and _CountingTrainer.reference_forwards > 0
     stored = first.train_dataset["ref_chosen_logps"]
 
     _CountingTrainer.reference_forwards = 0  # same weights and data, another loss: no reference forward at all
     second = _precomputing_trainer(tmp_path, make_model(), pair_dataset(), loss="ipo")
-    assert second._reference_hits == 1 and _CountingTrainer.reference_forwards == 0
+    assert second.reference_cache.hits == 1 and _CountingTrainer.reference_forwards == 0
     assert second.train_dataset["ref_chosen_logps"] == stored
     second.train()
     assert _CountingTrainer.reference_forwards == 0  # training reads the stored values too
@@ -174,14 +174,14 @@ def test_reference_cache_hits_for_same_model_and_data_and_misses_otherwise(tmp_p
     other_model = _precomputing_trainer(tmp_path, make_model(seed=1), pair_dataset())
     other_data = _precomputing_trainer(tmp_path, make_model(), pair_dataset(6))
     other_length = _precomputing_trainer(tmp_path, make_model(), pair_dataset(), max_length=3)
-    assert other_model._reference_misses == other_data._reference_misses == other_length._reference_misses == 1
+    assert other_model.reference_cache.misses == other_data.reference_cache.misses == other_length.reference_cache.misses == 1
 
 
 def test_reference_cache_with_kwise_data(tmp_path):
     ranked = next(n for n in list_losses() if get_loss(n).kwise)
     first = _precomputing_trainer(tmp_path, make_model(), kwise_dataset(4), loss=ranked)
     second = _precomputing_trainer(tmp_path, make_model(), kwise_dataset(4), loss=ranked)
-    assert (first._reference_misses, second._reference_hits) == (1, 1)
+    assert (first.reference_cache.misses, second.reference_cache.hits) == (1, 1)
     assert [len(v) for v in second.train_dataset["ref_logps"]] == [3, 4, 3, 4]
     second.train()
 

@@ -26,9 +26,11 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
+from accelerate.utils import is_peft_model
 
 from prefopt.chat import as_response, is_conversational, response_text
 from prefopt.logprobs import score
+from prefopt.training.reference import Reference
 
 
 def _check_lengths(name: str, *columns: Sequence) -> None:
@@ -84,15 +86,14 @@ class DensityRatioReward:
         exemplars: Sequence[tuple[str, str]] | None = None,
         batch_size: int = 8,
     ):
-        if weak is None:
-            from accelerate.utils import is_peft_model
-
-            if not is_peft_model(strong):
-                raise ValueError(
-                    "DensityRatioReward: weak=None means 'strong with its adapter disabled', but strong is not a "
-                    "PEFT model; pass a weak model, or a PeftModel as strong"
-                )
+        if weak is None and not is_peft_model(strong):
+            raise ValueError(
+                "DensityRatioReward: weak=None means 'strong with its adapter disabled', but strong is not a "
+                "PEFT model; pass a weak model, or a PeftModel as strong"
+            )
         self.strong, self.weak, self.tokenizer = strong, weak, tokenizer
+        # the weak side is resolved as every reference is: a model of its own, or the strong model's base
+        self.weak_side = Reference.separate(weak) if weak is not None else Reference.base_of(strong)
         self.system_prompt, self.criteria, self.exemplars = system_prompt, criteria, list(exemplars or [])
         self.batch_size = batch_size
 
@@ -132,11 +133,8 @@ class DensityRatioReward:
         customised = [self.customised_prompt(prompt) for prompt in prompts]
         responses = [as_response(prompt, response_text(response)) for prompt, response in zip(customised, responses)]
         strong = self._score(self.strong, customised, responses)
-        if self.weak is None:
-            with self.strong.disable_adapter():
-                weak = self._score(self.strong, customised, responses)
-        else:
-            weak = self._score(self.weak, customised, responses)
+        with self.weak_side.active() as weak_model:
+            weak = self._score(weak_model, customised, responses)
         return strong - weak
 
 

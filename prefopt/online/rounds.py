@@ -45,16 +45,21 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from accelerate.utils import is_peft_model
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from prefopt.chat import as_conversation, as_response
+from prefopt.config import PrefOptConfig
 from prefopt.logprobs import score, sequence_logps
 from prefopt.online.evaluation import compare_samples
 from prefopt.online.ranking import RANKINGS, as_oracle, rank_samples
 from prefopt.online.run_folder import RunFolder, distributed_state
 from prefopt.online.sampling import SamplingConfig, generate
-from prefopt.training.fields import FieldProvider, SampleField, as_matrix
+from prefopt.logprobs import as_matrix
+from prefopt.losses import combine_losses, get_loss
+from prefopt.training.fields import FieldProvider, SampleField
+from prefopt.training.reference import Reference
 
 logger = logging.getLogger(__name__)
 
@@ -122,21 +127,6 @@ class OnlineResult:
 
 
 # --------------------------------------------------------------------------------------- field providers
-
-
-@contextlib.contextmanager
-def reference_scope(model, reference_model=None):
-    """The module whose forward is pi_ref: ``reference_model`` when given, else ``model`` with its PEFT adapter
-    disabled (the base the adapter was trained from)."""
-    if reference_model is not None:
-        yield reference_model
-        return
-    from accelerate.utils import is_peft_model
-
-    if not is_peft_model(model):
-        raise ValueError("the reference is the adapter-disabled base of a PEFT policy or an explicit reference model; got neither")
-    with model.disable_adapter():
-        yield model
 
 
 @contextlib.contextmanager
@@ -254,8 +244,6 @@ def _round_trainer_class():
 def _round_args(args, folder: Path):
     """A copy of the round's training arguments writing under ``folder``; the loop precomputes reference log-probs
     itself (INPO's authors do), so TRL's own precomputation is turned off."""
-    from prefopt.config import PrefOptConfig
-
     round_args = copy.deepcopy(args) if args is not None else PrefOptConfig(str(folder))
     round_args.output_dir = str(folder)
     round_args.precompute_ref_log_probs = False
@@ -313,10 +301,6 @@ def train_online(
         callbacks: extra `transformers.TrainerCallback`s for every round's trainer (they also receive the
             round metrics through ``on_log``).
     """
-    from accelerate.utils import is_peft_model
-
-    from prefopt.losses import get_loss
-
     config = copy.deepcopy(config) if config is not None else OnlineConfig()
     if rounds is not None:
         config.rounds = rounds
@@ -351,6 +335,7 @@ def train_online(
         reference_model = copy.deepcopy(model)
     if reference_model is not None:
         reference_model.eval().requires_grad_(False)
+    reference = _round_reference(model, reference_model)
 
     settings = {"loss": loss, "loss_kwargs": loss_kwargs, "config": {k: v for k, v in asdict(config).items() if k != "rounds"}}
     state = run.state(settings)
@@ -362,7 +347,7 @@ def train_online(
         folder = run.round_folder(round_number)
         round_seed = (args.seed if args is not None else 0) + round_number
         data = run.shared(f"{folder.name}/round_data.json", lambda: _round_data(
-            model, tokenizer, prompts, eval_prompts, oracle, reward, config, round_seed, reference_model, needs_calibration,
+            model, tokenizer, prompts, eval_prompts, oracle, reward, config, round_seed, reference, needs_calibration,
         ))  # saved: a resumed round trains on the same pairs
         rows = Dataset.from_list(data["rows"]) if data["rows"] else Dataset.from_dict({})
         round_info, previous_samples = data["info"], data["previous_samples"]
@@ -396,7 +381,7 @@ def train_online(
             )
         metrics = run.shared(f"{folder.name}/metrics.json", lambda: {
             "round": round_number, **round_info, "train_loss": sum(logged) / len(logged) if logged else float("nan"),
-            **_round_metrics(model, tokenizer, eval_prompts, oracle, reward, config, round_seed, reference_model,
+            **_round_metrics(model, tokenizer, eval_prompts, oracle, reward, config, round_seed, reference,
                              previous_samples, reference_samples),
         })
         if trainer is not None:  # through the round's callbacks and report_to integrations
@@ -414,37 +399,38 @@ def round_trainer(model, tokenizer, rows: Dataset, args, *, reference_model=None
     log-probs (pi_ref: ``reference_model``, else the adapter-disabled PEFT base) and, when the loss requires
     ``previous``, log pi_t precomputed before the first step; with ``calibration``, the rows' ``calibration``
     samples feed ``calibration_policy`` (every step) and ``calibration_reference`` (precomputed)."""
-    from accelerate.utils import is_peft_model
-
-    from prefopt.losses import combine_losses
-
     required = combine_losses(args.loss_components()).required_fields
-    scorers = {"reference": _reference_scorer(model, reference_model)}
+    reference = _round_reference(model, reference_model)
+    scorers = {"reference": _reference_scorer(reference)}
     if "previous" in required:
         scorers["previous"] = lambda batch: sequence_logps(model, batch).logps
     providers: list[FieldProvider] = []
     if calibration:  # bound first: the precomputation below collates its samples
         calibration_field = CalibrationPolicyField()
-        reference_scorer = _reference_scorer(model, reference_model)
+        reference_scorer = _reference_scorer(reference)
         scorers["calibration_reference"] = lambda batch: reference_scorer(calibration_field.sample_batch(batch))
         providers.append(calibration_field)
     providers.append(RoundStartLogps(scorers, per_example=("calibration_reference",), batch_size=args.per_device_train_batch_size))
-    uses_peft = is_peft_model(model)
-    had_reference_adapter = uses_peft and "ref" in model.peft_config
-    trainer = _round_trainer_class()(
-        model, ref_model=reference_model, args=args, train_dataset=rows, processing_class=tokenizer,
+    # pi_ref is the loop's: a PEFT policy's base, not the copy of its current adapter TRL would make the reference
+    return _round_trainer_class()(
+        model, ref_model=reference, args=args, train_dataset=rows, processing_class=tokenizer,
         callbacks=list(callbacks or ()), field_providers=providers,
     )
-    if uses_peft and not had_reference_adapter and "ref" in model.peft_config:
-        # TRL makes a copy of an existing adapter the reference ("ref" = pi_t); the loop's reference is pi_ref, the base
-        model.delete_adapter("ref")
-    return trainer
 
 
-def _reference_scorer(model, reference_model) -> Callable[[dict], torch.Tensor]:
+def _round_reference(model, reference_model) -> Reference:
+    """pi_ref of the loop: ``reference_model``, else the adapter-disabled base of a PEFT policy."""
+    if reference_model is not None:
+        return Reference.separate(reference_model)
+    if not is_peft_model(model):
+        raise ValueError("the reference is the adapter-disabled base of a PEFT policy or an explicit reference model; got neither")
+    return Reference.base_of(model)
+
+
+def _reference_scorer(reference: Reference) -> Callable[[dict], torch.Tensor]:
     def scorer(batch):
-        with reference_scope(model, reference_model) as reference:
-            return sequence_logps(reference, batch).logps
+        with reference.active() as module:
+            return sequence_logps(module, batch).logps
 
     return scorer
 
@@ -454,7 +440,7 @@ def _sample(model, tokenizer, prompts, config: OnlineConfig, n: int, seed: int) 
         return [list(responses) for responses in generate(model, tokenizer, prompts, config.sampling(n, seed))]
 
 
-def _round_data(model, tokenizer, prompts, eval_prompts, oracle, reward, config, seed: int, reference_model,
+def _round_data(model, tokenizer, prompts, eval_prompts, oracle, reward, config, seed: int, reference: Reference,
                 needs_calibration: bool):
     """``{"rows", "info", "previous_samples"}``: the round's training rows, their counts, and the pi_t samples the
     round's win rate compares against (per evaluation prompt)."""
@@ -464,8 +450,8 @@ def _round_data(model, tokenizer, prompts, eval_prompts, oracle, reward, config,
     if needs_calibration:
         calibration_policy = model if config.calibration_policy == "current" else None
         if calibration_policy is None:
-            with reference_scope(model, reference_model) as reference:
-                calibration = _sample(reference, tokenizer, [prompts[p] for p, _, _ in pairs], config, 1, seed + 10_000)
+            with reference.active() as module:
+                calibration = _sample(module, tokenizer, [prompts[p] for p, _, _ in pairs], config, 1, seed + 10_000)
         else:
             calibration = _sample(model, tokenizer, [prompts[p] for p, _, _ in pairs], config, 1, seed + 10_000)
         for row, responses in zip(rows, calibration):
@@ -484,7 +470,8 @@ def _round_data(model, tokenizer, prompts, eval_prompts, oracle, reward, config,
     return {"rows": rows, "info": info, "previous_samples": previous_samples}
 
 
-def _round_metrics(model, tokenizer, eval_prompts, oracle, reward, config, seed, reference_model, previous_samples, reference_samples):
+def _round_metrics(model, tokenizer, eval_prompts, oracle, reward, config, seed, reference: Reference, previous_samples,
+                   reference_samples):
     """Win rates of pi_{t+1} against pi_t and pi_ref, mean reward and KL(pi_{t+1} || pi_ref) on fresh samples."""
     new_samples = _sample(model, tokenizer, eval_prompts, config, config.eval_samples_per_prompt, seed + 30_000)
     metrics = {}
@@ -498,8 +485,8 @@ def _round_metrics(model, tokenizer, eval_prompts, oracle, reward, config, seed,
         metrics["reward/mean"] = values.mean().item()
     with _evaluation_mode(model):
         policy = score(model, tokenizer, flat_prompts, flat_responses).logps
-        with reference_scope(model, reference_model) as reference:
-            reference_logps = score(reference, tokenizer, flat_prompts, flat_responses).logps
+        with reference.active() as module:
+            reference_logps = score(module, tokenizer, flat_prompts, flat_responses).logps
     # E_{y ~ pi}[log pi(y) - log pi_ref(y)]: an unbiased Monte-Carlo estimate of the sequence-level KL
     metrics["kl/reference"] = (policy - reference_logps).double().mean().item()
     return metrics

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
 
-from prefopt.logprobs import encode, pad_sequences, sequence_logps
+from prefopt.logprobs import as_matrix, encode, pad_sequences, sequence_logps
+from prefopt.training.reference import REFERENCE_COLUMNS
 
 if TYPE_CHECKING:  # pragma: no cover
     from prefopt.training.trainer import Trainer
@@ -35,16 +36,6 @@ STEP_FIELDS = {
     "mask": "the collator (K-wise rows with fewer responses than the batch's K)",
     "weights": "the policy forward's fused-head outputs, when `use_weighting` is set (WPO weights)",
 }
-# Columns holding precomputed reference log-probs (`precompute_ref_log_probs=True`, or TRL's own columns).
-REFERENCE_COLUMNS = {"pair": ("ref_chosen_logps", "ref_rejected_logps"), "kwise": "ref_logps"}
-
-
-def as_matrix(values: torch.Tensor, response_index: torch.Tensor) -> torch.Tensor:
-    """Per-row values [N] -> [B, K] laid out by ``response_index`` (0 where a row has fewer responses)."""
-    real = response_index >= 0
-    return values[response_index.clamp(min=0)].masked_fill(~real, 0)
-
-
 class FieldProvider:
     """Base class: fills ``fields`` (LogProbs field names); ``source`` says from where (docs, errors)."""
 

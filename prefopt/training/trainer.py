@@ -19,8 +19,6 @@ with every checkpoint and restore it on `resume_from_checkpoint` (`prefopt.callb
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import logging
 import os
@@ -29,19 +27,19 @@ from typing import Any
 import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
-from torch.utils.data import DataLoader
 from transformers import AutoProcessor, ProcessorMixin
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOConfig, DPOTrainer
-from trl.trainer.utils import create_model_from_path, get_config_model_id, use_adapter
+from trl.trainer.utils import get_config_model_id
 
-from prefopt.training import packing, reference_cache
+from prefopt.training import packing, reference
 from prefopt.training.nonfinite import NonFiniteError, check_gradients, check_inputs, check_losses
 from prefopt.training.oom import advise_on_out_of_memory
 from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpointing_warnings_ignored
 from prefopt.training.batching import PreferenceCollator, is_kwise_example, tokenize_kwise
 from prefopt.config import PrefOptConfig
-from prefopt.training.fields import REFERENCE_COLUMNS, STEP_FIELDS, FieldProvider, as_matrix, resolve_providers
+from prefopt.logprobs import as_matrix
+from prefopt.training.fields import STEP_FIELDS, FieldProvider, resolve_providers
 from prefopt.training.summary import TRUNCATION_REASONS, truncation_reasons
 from prefopt.data.evaluation import preference_accuracy
 from prefopt.logprobs import SequenceLogProbs, model_inputs, token_logps
@@ -139,7 +137,7 @@ class Trainer(DPOTrainer):
         elif eval_dataset is not None:
             eval_dataset = self._check_every_row(eval_dataset, "eval")
         needs_reference = self.preference_loss.needs_reference
-        self._reference_hits = self._reference_misses = 0
+        self.reference_cache = reference.ReferenceCache(args.ref_logps_cache_dir)  # precompute_ref_log_probs' store
         self._nonfinite_skipped = self._nonfinite_skipped_logged = 0  # batches skipped with on_nonfinite="skip"
         # on_nonfinite="stop": what stopped training ({"step", "where", "rows", "message"}), None while all is finite
         self.nonfinite_stop: dict[str, Any] | None = None
@@ -148,14 +146,12 @@ class Trainer(DPOTrainer):
         self.dropped_rows: dict[str, int] = {}  # dataset name -> rows filtered out during preparation
         self.truncated_rows: dict[str, dict[str, int]] = {}  # dataset name -> rows max_length cuts, per reason
 
-        # TRL would reload the reference from `model.config._name_or_path`, which an in-memory model does not have.
-        if isinstance(ref_model, str):  # TRL takes only an object; load it as TRL loads its own reference
-            ref_model = self._load_reference(ref_model, model, args, quantization_config)
-        # A model given by name or path is left to TRL, which loads the reference from the same name.
-        reference_copied = False
-        if ref_model is None and not isinstance(model, str):
-            if peft_config is None and not is_peft_model(model) and not args.precompute_ref_log_probs:
-                ref_model, reference_copied = copy.deepcopy(model), True
+        # pi_ref: `prefopt.training.reference` decides what TRL gets and, once TRL has built the trainer, which it is
+        self._requested_reference = ref_model
+        self._had_ref_adapter = not isinstance(model, str) and is_peft_model(model) and reference.REF_ADAPTER in model.peft_config
+        self._reference_copied = False
+        ref_model, self._reference_copied = reference.model_for_trl(model, ref_model, args, peft_config, quantization_config)
+        self.reference: reference.Reference | None = None  # settled once TRL has set self.model / self.ref_model
 
         if data_collator is None:
             if processing_class is None:
@@ -199,8 +195,7 @@ class Trainer(DPOTrainer):
             )
         finally:
             trl_logger.removeFilter(_drop_trl_padding_free_warning)
-        if not needs_reference and (reference_copied or ref_model is None):
-            self.ref_model = None  # reference-free loss: free the copy TRL prepared
+        self._settle_reference()
         self._eval_prefix = "eval"
         first_hyperparameters = self.loss_hyperparameters[self.preference_loss.names[0]]
         self.metric_beta = first_hyperparameters.get("beta", args.beta if args.beta is not None else 0.1)
@@ -237,16 +232,18 @@ class Trainer(DPOTrainer):
 
         return training_summary(self)
 
-    @staticmethod
-    def _load_reference(name_or_path: str, model, args, quantization_config):
-        """The reference named ``name_or_path``, loaded with `model_init_kwargs` like TRL's implicit reference."""
-        init_kwargs = dict(args.model_init_kwargs or {})
-        if quantization_config is not None:
-            init_kwargs["quantization_config"] = quantization_config
-        init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-        if not isinstance(model, str):  # a policy given as an object was not loaded from model_init_kwargs
-            init_kwargs.setdefault("dtype", model.dtype)
-        return create_model_from_path(name_or_path, **init_kwargs)
+    def _settle_reference(self) -> reference.Reference:
+        """`self.reference` (`prefopt.training.reference.settle`), decided once TRL has set the policy and its
+        ``ref_model``: TRL's precomputation needs it before TRL's constructor returns. ``self.ref_model`` (TRL's
+        attribute) follows it: a copy no loss needs is freed."""
+        if self.reference is None:
+            self.reference = reference.settle(
+                self.model, self.ref_model, requested=self._requested_reference, copied=self._reference_copied,
+                needs_reference=self.preference_loss.needs_reference, had_ref_adapter=self._had_ref_adapter,
+                checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            )
+            self.ref_model = self.reference.model
+        return self.reference
 
     # ----------------------------------------------------------------------------------------- checks
 
@@ -518,19 +515,8 @@ class Trainer(DPOTrainer):
             model.train(was_training)
 
     def reference_logps(self, inputs) -> torch.Tensor:
-        """Sequence log-probs [N] under the reference: `ref_model`, or the policy with its adapter disabled."""
-        adapter_context, model = contextlib.nullcontext(), self.ref_model
-        if self.ref_model is None:
-            model = self.model
-            if is_peft_model(self.model):
-                unwrapped = self.accelerator.unwrap_model(self.model)
-                adapter_context = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
-        with (
-            torch.no_grad(),
-            activation_checkpointing_disabled(self.model, self.args.gradient_checkpointing_kwargs),
-            adapter_context,
-            self.accelerator.autocast(),
-        ):
+        """Sequence log-probs [N] under the reference (`self.reference`, `prefopt.training.reference`)."""
+        with self._settle_reference().active() as model, self.accelerator.autocast():
             return self.response_logps(model, inputs).logps
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
@@ -542,49 +528,18 @@ class Trainer(DPOTrainer):
             )
         if not self.preference_loss.needs_reference:
             return dataset
-        key = self.reference_fingerprint(dataset)
-        kwise = "completions_ids" in dataset.column_names
-        width = max((len(ids) for ids in dataset["completions_ids"]), default=0) if kwise else 2
-        values = reference_cache.load(self.args.ref_logps_cache_dir, key, num_rows=len(dataset), width=width)
-        if values is None:
-            self._reference_misses += 1
-            values = self._compute_reference_table(dataset, name, batch_size)
-            if self.accelerator.is_main_process:
-                reference_cache.save(self.args.ref_logps_cache_dir, key, values)
-            self.accelerator.wait_for_everyone()
-        else:
-            self._reference_hits += 1
-        columns = [REFERENCE_COLUMNS["kwise"]] if kwise else list(REFERENCE_COLUMNS["pair"])
-        dataset = dataset.remove_columns([c for c in columns if c in dataset.column_names])
-        if kwise:
-            counts = [len(ids) for ids in dataset["completions_ids"]]
-            return dataset.add_column(columns[0], [values[i, :k].tolist() for i, k in enumerate(counts)])
-        dataset = dataset.add_column(columns[0], values[:, 0].tolist())
-        return dataset.add_column(columns[1], values[:, 1].tolist())
-
-    def _compute_reference_table(self, dataset, name: str, batch_size: int) -> torch.Tensor:
-        dataloader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
-        rows = []
-        for batch in self.accelerator.prepare(dataloader):
-            matrix = as_matrix(self.reference_logps(batch), batch["response_index"])
-            rows.append(self.accelerator.gather_for_metrics(matrix).float().cpu())
-        width = max(row.size(1) for row in rows)
-        return torch.cat([torch.nn.functional.pad(row, (0, width - row.size(1))) for row in rows])
+        return self.reference_cache.add_columns(
+            dataset, name, key=self.reference_fingerprint(dataset),
+            compute=lambda: reference.reference_table(dataset, batch_size, self.data_collator, self.accelerator, self.reference_logps),
+            is_main_process=self.accelerator.is_main_process, wait_for_everyone=self.accelerator.wait_for_everyone,
+        )
 
     def reference_fingerprint(self, dataset) -> str:
         """Key of the stored reference log-probs: reference weights + token ids + truncation settings."""
-        model = self.accelerator.unwrap_model(self.ref_model if self.ref_model is not None else self.model)
-        skip = ()
-        if self.ref_model is None and is_peft_model(model):
-            skip = set(model.peft_config) - ({"ref"} if "ref" in model.peft_config else set())
         settings = {"max_length": self.args.max_length, "truncation_mode": self.args.truncation_mode}
         if self.args.ld_alpha is not None:  # LD-DPO changes the sequence log-probs themselves
             settings["ld_alpha"] = self.args.ld_alpha
-        return reference_cache.fingerprint(
-            reference_cache.module_digest(model, skip),
-            reference_cache.rows_digest(dataset, ("prompt_ids", "chosen_ids", "rejected_ids", "completions_ids")),
-            settings,
-        )
+        return reference.fingerprint(self._settle_reference(), dataset, settings)
 
     # ----------------------------------------------------------------------------------------- loss
 

@@ -39,7 +39,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from prefopt.callbacks import LossStateCallback
-from prefopt.training.fields import FieldProvider, as_matrix
+from prefopt.logprobs import as_matrix
+from prefopt.training.fields import FieldProvider
 from prefopt.chat import Thinking, ThinkingTokenizer, is_conversational, prompt_key, response_text, with_response_text
 from prefopt.logprobs import encode, pad_sequences, sequence_logps
 from prefopt.online.annotation import ANNOTATION_SAMPLES, Annotation, annotate
