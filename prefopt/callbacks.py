@@ -12,12 +12,9 @@ Sampling callbacks (generation with `prefopt.online.generate`, judged by `prefop
     WinRateCallback(prompts, reward_or_oracle, every_n_steps=100, n=1)   # logs win_rate and its interval
     SampleTableCallback(prompts, every_n_steps=100)                      # completions as a tracker table
 
-Running state lives with its owner and is checkpointed: a `StatefulCallback` (``state_dict`` /
-``load_state_dict``) is saved in every checkpoint folder and restored by
-``trainer.train(resume_from_checkpoint=...)``, so a resumed run continues exactly as the uninterrupted
-one. A `LossStateCallback` is the running state of a loss: the trainer shows it every training batch
-(``observe(batch)``) and overlays its ``loss_hyperparameters()`` on the configured ones at every step
-(BCO's reward shift today; f-DPG's running log Z and baseline fit the same two methods).
+Running state lives with its owner and is checkpointed (`StatefulCallback`, `LossStateCallback`, defined in
+`prefopt.training.state` and importable from here): saved in every checkpoint folder and restored by
+``trainer.train(resume_from_checkpoint=...)``, so a resumed run continues exactly as the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -31,31 +28,7 @@ from prefopt.chat import display_text
 from prefopt.online.evaluation import compare_samples, is_oracle
 from prefopt.online.sampling import SamplingConfig, generate
 from prefopt.training.reference import Reference, full_parameters, mix_into
-
-
-class StatefulCallback(TrainerCallback):
-    """A callback whose running state is saved with every checkpoint and restored on resume."""
-
-    def state_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-
-class LossStateCallback(StatefulCallback):
-    """Running state of a loss: updated from every training batch, read by the loss at every step."""
-
-    def before_loss(self, trainer, batch) -> None:
-        """Called by the trainer in each training step with the `LogProbs` batch (still attached to the graph)
-        before the loss is computed, for state that must describe this very batch (e.g. BVPO's auto alpha)."""
-
-    def observe(self, batch) -> None:
-        """Called by the trainer after each training forward with the (detached) `LogProbs` batch."""
-
-    def loss_hyperparameters(self) -> dict[str, dict[str, Any]]:
-        """Hyper-parameters overriding the configured ones this step, by loss name."""
-        return {}
+from prefopt.training.state import LossStateCallback, StatefulCallback  # noqa: F401  (public here too)
 
 
 class PreferenceEvalCallback(TrainerCallback):

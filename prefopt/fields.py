@@ -2,6 +2,8 @@
 
 from prefopt.training.fields import (  # noqa: F401
     ColumnField,
+    EmptyTraceField,
+    FieldContext,
     FieldProvider,
     ModelField,
     ReferenceField,

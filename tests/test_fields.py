@@ -64,7 +64,7 @@ def test_model_field_feeds_previous_with_a_forward_under_another_model(tmp_path)
                       args=PrefOptConfig(loss="inpo", **config_kwargs(tmp_path, max_steps=1)),
                       field_providers=[ModelField("previous", previous_policy)])
     batch = _first_batch(trainer)
-    provided = trainer.field_providers["previous"].provide(trainer, batch, batch["response_index"])["previous"]
+    provided = trainer.field_providers["previous"].provide(trainer.field_context, batch, batch["response_index"])["previous"]
     rows = pair_dataset(4)
     expected = score(previous_policy, make_tokenizer(), list(rows["prompt"]) * 2, list(rows["chosen"]) + list(rows["rejected"]))
     torch.testing.assert_close(provided, torch.stack([expected.logps[:4], expected.logps[4:]], 1), atol=1e-5, rtol=0)
@@ -80,7 +80,7 @@ def test_sample_field_feeds_online_vpo_calibration_fields(tmp_path):
                       args=PrefOptConfig(loss="vpo", loss_kwargs={"mode": "online"}, **config_kwargs(tmp_path, max_steps=1)),
                       field_providers=[SampleField("calibration_policy", "calibration_reference", column="calibration")])
     batch = _first_batch(trainer)
-    fields = trainer.field_providers["calibration_policy"].provide(trainer, batch, batch["response_index"])
+    fields = trainer.field_providers["calibration_policy"].provide(trainer.field_context, batch, batch["response_index"])
     expected = score(model, make_tokenizer(), list(data["prompt"]), list(data["calibration"])).logps
     torch.testing.assert_close(fields["calibration_policy"].detach(), expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(fields["calibration_reference"], expected, atol=1e-5, rtol=0)  # ref = initial copy

@@ -168,9 +168,7 @@ def test_inpo_fields_are_pi_t_and_pi_ref_forward_passes(tmp_path):
         torch.testing.assert_close(precomputed_reference[:, k], _scores(reference, rows, column))
     assert (precomputed_previous - precomputed_reference).abs().min() > 1e-3
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    fields = {}
-    for provider in trainer._batch_providers():
-        fields.update(provider.provide(trainer, batch, batch["response_index"]))
+    fields, _ = trainer.batch_fields(trainer.model, batch)
     torch.testing.assert_close(fields["previous"], precomputed_previous)
     torch.testing.assert_close(fields["reference"], precomputed_reference)
 
@@ -203,9 +201,7 @@ def test_online_vpo_calibration_fields(tmp_path):
     torch.testing.assert_close(torch.tensor(trainer.train_dataset["round_calibration_reference"]).squeeze(1),
                                _scores(reference, rows, "calibration"))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    fields = {}
-    for provider in trainer._batch_providers():
-        fields.update(provider.provide(trainer, batch, batch["response_index"]))
+    fields, _ = trainer.batch_fields(trainer.model, batch)
     assert fields["calibration_policy"].requires_grad
     torch.testing.assert_close(fields["calibration_policy"].detach(), _scores(policy, rows, "calibration"), atol=1e-4, rtol=1e-4)
     trainer.train()  # the online-mode loss trains on these fields

@@ -199,7 +199,7 @@ def _per_example_losses_and_grads(trainer, inputs):
     """What the training step computes: per-example loss of every component, and the gradient of the total."""
     model = trainer.model
     model.zero_grad()
-    policy = trainer.response_logps(model, inputs).logps
+    policy = trainer.forward.score(model, inputs, outputs=trainer.forward.metric_outputs).logps
     fields = {"policy": as_matrix(policy, inputs["response_index"]),
               "lengths": as_matrix(inputs["completion_mask"].sum(1), inputs["response_index"])}
     if trainer.kwise_data:
@@ -252,7 +252,7 @@ def test_config_defaults_and_switch_off(tmp_path):
     trainer = _trainer(tmp_path, prefix_sharing=False)
     inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     trainer.compute_loss(trainer.model, inputs)
-    assert trainer._packed_layout_cache is None  # switched off: the plain layout
+    assert trainer.forward.last_layout is None  # switched off: the plain layout
 
 
 def test_unsupported_attention_falls_back_with_a_reason(tmp_path, caplog, monkeypatch):
@@ -305,7 +305,7 @@ def test_each_mask_kind_is_verified_on_its_first_batch(tmp_path, monkeypatch):
     trainer = _trainer(tmp_path)
     inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     trainer.compute_loss(trainer.model, inputs)
-    assert trainer.packing_fallback_reason is None and trainer._packed_layout_cache[2].one_sequence_per_row
+    assert trainer.packing_fallback_reason is None and trainer.forward.last_layout.one_sequence_per_row
     trainer.compute_loss(trainer.model, dict(inputs, input_ids=inputs["input_ids"].clone()))  # a new batch: shared
     assert "differ by up to" in trainer.packing_fallback_reason
     trainer.compute_loss(trainer.model, dict(inputs, input_ids=inputs["input_ids"].clone()))

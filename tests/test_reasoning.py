@@ -14,7 +14,8 @@ from helpers_trainer import config_kwargs
 from prefopt import PrefOptConfig, Trainer
 from prefopt.losses import LogProbs
 from prefopt.chat import Thinking
-from prefopt.methods.bvpo.reasoning import AutoAlphaCallback, EmptyTraceField, auto_alpha
+from prefopt.methods.bvpo.auto_alpha import AutoAlphaCallback, auto_alpha
+from prefopt.training.fields import EmptyTraceField
 
 EMPTY = "<think>\n\n</think>\n\n"
 # ChatML with a reasoning switch, as Qwen3 writes it: with enable_thinking=False the template itself places an
@@ -171,7 +172,7 @@ def test_missing_empty_trace_columns_name_the_columns_and_the_fallback(tmp_path)
 @pytest.mark.slow
 def test_trace_pairs_fallback_is_explicit_and_scores_the_traced_answers(tmp_path, caplog):
     trace_only = [{key: row[key] for key in ("prompt", "chosen", "rejected")} for row in _rows()]
-    with caplog.at_level(logging.WARNING, logger="prefopt.methods.bvpo.reasoning"):
+    with caplog.at_level(logging.WARNING, logger="prefopt.training.fields"):
         fallback = _trainer(tmp_path / "a", trace_only, "bvpo", providers=[EmptyTraceField(from_trace_pairs=True)], alpha=0.0)
     assert "approximates the paper" in caplog.text
     answers = [{"prompt": row["prompt"], "chosen": EMPTY + row["chosen"].split("</think>")[1],
@@ -282,7 +283,7 @@ def test_thinking_tokenizer_switches_reasoning_in_the_rendered_prompt():
 
 
 def test_annotate_views_samples_both_views_from_one_model_and_joins_them_by_prompt(tmp_path):
-    from prefopt.methods.bvpo.reasoning import annotate_views
+    from prefopt.methods.bvpo.annotation import annotate_views
     from prefopt.rewards import FunctionReward
 
     reward = FunctionReward(lambda prompt, response: sum(map(ord, response)) % 97)

@@ -37,29 +37,27 @@ The loop reads capabilities from the loss spec (``requires``, ``choices``), neve
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset
-from torch.utils.data import DataLoader
 
 from prefopt.chat import as_conversation, as_response
 from prefopt.config import PrefOptConfig
-from prefopt.logprobs import score, sequence_logps
+from prefopt.logprobs import score
+from prefopt.losses import combine_losses, get_loss
 from prefopt.online.evaluation import compare_samples
 from prefopt.online.ranking import RANKINGS, as_oracle, rank_samples
 from prefopt.online.run_folder import RunFolder, distributed_state
 from prefopt.online.sampling import SamplingConfig, generate
-from prefopt.logprobs import as_matrix
-from prefopt.losses import combine_losses, get_loss
-from prefopt.training.fields import FieldProvider, SampleField
+from prefopt.training.fields import CalibrationPolicyField, FieldProvider, RoundStartLogps, evaluation_mode
 from prefopt.training.reference import Reference
+from prefopt.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -127,118 +125,6 @@ class OnlineResult:
 
 
 # --------------------------------------------------------------------------------------- field providers
-
-
-@contextlib.contextmanager
-def _evaluation_mode(model):
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
-class RoundStartLogps(FieldProvider):
-    """Fields precomputed once, when the round's trainer is built, for every row of its training data.
-
-    ``scorers`` maps a `LogProbs` field to ``fn(batch) -> Tensor``: [N] (one value per response row of the
-    collated batch; stored [B, K]) or, for per-example fields (``per_example``), [B]. The round loop uses it
-    for ``reference`` (pi_ref), ``previous`` (the policy as it is before the round's first step, i.e. pi_t) and
-    ``calibration_reference``, as INPO's authors precompute reference and pi_t log-probs. The values are
-    added to the trainer's training data as ``round_<field>`` columns and collated like any column."""
-
-    def __init__(self, scorers: dict[str, Callable[[dict], torch.Tensor]], per_example: Sequence[str] = (), batch_size: int = 8):
-        self.fields, self.scorers = tuple(scorers), scorers
-        self.per_example, self.batch_size = set(per_example), batch_size
-        self.source = "precomputed at the round's start: " + ", ".join(self.fields)
-
-    def columns(self):
-        return tuple(f"round_{name}" for name in self.fields)
-
-    def bind(self, trainer):
-        dataset = trainer.train_dataset
-        if not isinstance(dataset, Dataset):
-            raise ValueError("RoundStartLogps needs a map-style training Dataset")
-        loader = DataLoader(dataset, batch_size=self.batch_size, collate_fn=trainer.data_collator, shuffle=False)
-        device = trainer.accelerator.device
-        values: dict[str, list[list[float]]] = {name: [] for name in self.fields}
-        with _evaluation_mode(trainer.model), trainer.accelerator.autocast():
-            for batch in loader:
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                real = batch["response_index"] >= 0
-                for name, scorer in self.scorers.items():
-                    result = scorer(batch).float()
-                    if name in self.per_example:
-                        values[name] += [[value] for value in result.cpu().tolist()]
-                    else:
-                        matrix = as_matrix(result, batch["response_index"]).cpu()
-                        values[name] += [row[mask].tolist() for row, mask in zip(matrix, real.cpu())]
-        for name in self.fields:
-            column = f"round_{name}"
-            if column in dataset.column_names:
-                dataset = dataset.remove_columns(column)
-            dataset = dataset.add_column(column, values[name])
-        trainer.train_dataset = dataset
-
-    def collate(self, examples, kwise, num_responses):
-        output = {}
-        for name in self.fields:
-            column = f"round_{name}"
-            if column not in examples[0]:
-                continue  # while bind() computes the values
-            if name in self.per_example:
-                output[f"field_{name}"] = torch.tensor([example[column][0] for example in examples], dtype=torch.float32)
-            else:
-                matrix = torch.zeros(len(examples), num_responses)
-                for b, example in enumerate(examples):
-                    matrix[b, : len(example[column])] = torch.tensor(example[column], dtype=torch.float32)
-                output[f"field_{name}"] = matrix
-        return output
-
-    def provide(self, trainer, inputs, response_index):
-        missing = [name for name in self.fields if f"field_{name}" not in inputs]
-        if missing:
-            raise ValueError(f"the batch has no precomputed {missing}: a custom data_collator must pass columns {list(self.columns())} through")
-        return {name: inputs[f"field_{name}"] for name in self.fields}
-
-
-class CalibrationPolicyField(SampleField):
-    """``calibration_policy``: log pi_theta(y_cal|x) of the row's calibration sample, under the policy with
-    gradient at every step (its ``calibration_reference`` is precomputed by `RoundStartLogps`)."""
-
-    def __init__(self, column: str = CALIBRATION_COLUMN):
-        super().__init__("calibration_policy", "calibration_reference", column=column)
-        self.fields = ("calibration_policy",)
-        self.source = f"one sample per prompt in column {column!r}, scored under the policy at every step"
-
-    def provide(self, trainer, inputs, response_index):
-        return {"calibration_policy": sequence_logps(trainer.model, self.sample_batch(inputs), fused_lm_head=True).logps}
-
-    def sample_batch(self, inputs) -> dict[str, torch.Tensor]:
-        prefix = f"field_{self.column}/"
-        return {key[len(prefix) :]: value for key, value in inputs.items() if key.startswith(prefix)}
-
-
-def _round_trainer_class():
-    """`prefopt.Trainer` that runs every provider the loop passes, in the order given, including providers of
-    fields the loss accepts without requiring them (online VPO's calibration fields)."""
-    from prefopt.training.trainer import Trainer
-
-    class RoundTrainer(Trainer):
-        def __init__(self, *arguments, field_providers=None, **keywords):
-            self._round_providers = list(field_providers or ())
-            super().__init__(*arguments, field_providers=field_providers, **keywords)
-
-        def _batch_providers(self):
-            needed = [*self._round_providers, *super()._batch_providers()]
-            return list({id(provider): provider for provider in needed}.values())
-
-    return RoundTrainer
-
-
-# ----------------------------------------------------------------------------------------------- the loop
 
 
 def _round_args(args, folder: Path):
@@ -400,22 +286,20 @@ def round_trainer(model, tokenizer, rows: Dataset, args, *, reference_model=None
     ``previous``, log pi_t precomputed before the first step; with ``calibration``, the rows' ``calibration``
     samples feed ``calibration_policy`` (every step) and ``calibration_reference`` (precomputed)."""
     required = combine_losses(args.loss_components()).required_fields
-    reference = _round_reference(model, reference_model)
-    scorers = {"reference": _reference_scorer(reference)}
+    # every field goes through the trainer's one scoring routine (FieldContext): pi_ref, pi_t as it is now, and
+    # the calibration samples under pi_ref
+    scorers = {"reference": lambda context, batch: context.reference_logps(batch)}
     if "previous" in required:
-        scorers["previous"] = lambda batch: sequence_logps(model, batch).logps
+        scorers["previous"] = lambda context, batch: context.model_logps(context.policy, batch)
     providers: list[FieldProvider] = []
-    if calibration:  # bound first: the precomputation below collates its samples
-        calibration_field = CalibrationPolicyField()
-        reference_scorer = _reference_scorer(reference)
-        scorers["calibration_reference"] = lambda batch: reference_scorer(calibration_field.sample_batch(batch))
+    if calibration:
+        calibration_field = CalibrationPolicyField(CALIBRATION_COLUMN)
+        scorers["calibration_reference"] = lambda context, batch: context.reference_logps(calibration_field.sample_batch(batch))
         providers.append(calibration_field)
     providers.append(RoundStartLogps(scorers, per_example=("calibration_reference",), batch_size=args.per_device_train_batch_size))
     # pi_ref is the loop's: a PEFT policy's base, not the copy of its current adapter TRL would make the reference
-    return _round_trainer_class()(
-        model, ref_model=reference, args=args, train_dataset=rows, processing_class=tokenizer,
-        callbacks=list(callbacks or ()), field_providers=providers,
-    )
+    return Trainer(model, ref_model=_round_reference(model, reference_model), args=args, train_dataset=rows,
+                   processing_class=tokenizer, callbacks=list(callbacks or ()), field_providers=providers)
 
 
 def _round_reference(model, reference_model) -> Reference:
@@ -427,16 +311,8 @@ def _round_reference(model, reference_model) -> Reference:
     return Reference.base_of(model)
 
 
-def _reference_scorer(reference: Reference) -> Callable[[dict], torch.Tensor]:
-    def scorer(batch):
-        with reference.active() as module:
-            return sequence_logps(module, batch).logps
-
-    return scorer
-
-
 def _sample(model, tokenizer, prompts, config: OnlineConfig, n: int, seed: int) -> list[list[str]]:
-    with _evaluation_mode(model):
+    with evaluation_mode(model):
         return [list(responses) for responses in generate(model, tokenizer, prompts, config.sampling(n, seed))]
 
 
@@ -483,7 +359,7 @@ def _round_metrics(model, tokenizer, eval_prompts, oracle, reward, config, seed,
     if reward is not None:
         values = torch.as_tensor(reward(flat_prompts, [r for responses in new_samples for r in responses]), dtype=torch.float64)
         metrics["reward/mean"] = values.mean().item()
-    with _evaluation_mode(model):
+    with evaluation_mode(model):
         policy = score(model, tokenizer, flat_prompts, flat_responses).logps
         with reference.active() as module:
             reference_logps = score(module, tokenizer, flat_prompts, flat_responses).logps

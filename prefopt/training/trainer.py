@@ -32,18 +32,18 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import get_config_model_id
 
-from prefopt.training import packing, reference
+from prefopt.training import reference
 from prefopt.training.nonfinite import NonFiniteError, check_gradients, check_inputs, check_losses
 from prefopt.training.oom import advise_on_out_of_memory
 from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpointing_warnings_ignored
 from prefopt.training.batching import PreferenceCollator, is_kwise_example, tokenize_kwise
 from prefopt.config import PrefOptConfig
-from prefopt.logprobs import as_matrix
-from prefopt.training.fields import STEP_FIELDS, FieldProvider, resolve_providers
+from prefopt.training.fields import STEP_FIELDS, FieldContext, FieldProvider, FieldSet
+from prefopt.training.forward import Forward
 from prefopt.training.summary import TRUNCATION_REASONS, truncation_reasons
 from prefopt.data.evaluation import preference_accuracy
-from prefopt.logprobs import SequenceLogProbs, model_inputs, token_logps
-from prefopt.losses import LogProbs, combine_losses, length_desensitized_logps, wpo_weights
+from prefopt.logprobs import SequenceLogProbs, model_inputs
+from prefopt.losses import LogProbs, combine_losses
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +128,10 @@ class Trainer(DPOTrainer):
         if "image" in first_example or "images" in first_example:
             raise NotImplementedError("prefopt.Trainer handles text datasets only; use trl.DPOTrainer for vision data")
         self.kwise_data = is_kwise_example(first_example)
-        self.field_providers = resolve_providers(field_providers)
-        self._given_providers = list(field_providers or ())
+        self.fields = FieldSet(self.preference_loss.required_fields, field_providers, kwise=self.kwise_data,
+                               use_weighting=args.use_weighting)
+        self.field_providers = self.fields.by_field  # field name -> its provider
+        self._given_providers = self.fields.given
         self._check_loss_can_be_served(first_example)
         train_dataset = self._check_every_row(train_dataset, "train")
         if isinstance(eval_dataset, dict):
@@ -166,15 +168,9 @@ class Trainer(DPOTrainer):
                 pad_to_multiple_of=args.pad_to_multiple_of,
                 providers=self._batch_providers(),
             )
-
-        self.packing_fallback_reason: str | None = None  # why the last forward used the plain layout, if it did
-        self._packing_static: dict[int, str | None] = {}  # id(model) -> why it cannot pack at all (None: it may)
-        # (id(model), layout.one_sequence_per_row) -> None (verified) or the reason not: the block-mask and the
-        # 2D-mask layouts go through different attention paths, so each is verified on its first batch
-        self._packing_checked: dict[tuple[int, bool], str | None] = {}
-        self._packing_logged: set[tuple[int, str]] = set()  # fallbacks already logged
-        self._packed_layout_cache: tuple | None = None  # (input_ids, switches, layout) of the last batch
-        self._attention_costs: dict[int, float] = {}  # id(model) -> packing.attention_cost (shared rows or one per response)
+        # the one scoring routine of the run: every LogProbs field's log-probs go through it
+        self.forward = Forward(args, pad_token_id=getattr(data_collator, "pad_token_id", None) or 0)
+        self.field_context: FieldContext | None = None  # built with the reference, once TRL has set the models
         # TRL 1.16 logs that its own `padding_free` is disabled; prefopt.training.packing implements it, so drop that message
         trl_logger = logging.getLogger("trl.trainer.dpo_trainer")
         trl_logger.addFilter(_drop_trl_padding_free_warning)
@@ -199,18 +195,18 @@ class Trainer(DPOTrainer):
         self._eval_prefix = "eval"
         first_hyperparameters = self.loss_hyperparameters[self.preference_loss.names[0]]
         self.metric_beta = first_hyperparameters.get("beta", args.beta if args.beta is not None else 0.1)
-        for provider in self._batch_providers():
-            provider.bind(self)
+        self.train_dataset = self.fields.bind(self.field_context, self.train_dataset)
         for callback in self.callback_handler.callbacks:
             if hasattr(callback, "bind_trainer"):
                 callback.bind_trainer(self)
 
     def _batch_providers(self) -> list[FieldProvider]:
-        """The providers that run every batch (each once): those of the fields the loss needs, and every
-        provider given to the constructor (e.g. VPO's optional calibration fields)."""
-        needed = [self.field_providers[f] for f in self.preference_loss.required_fields if f in self.field_providers]
-        needed += self._given_providers
-        return list({id(provider): provider for provider in needed}.values())
+        return self.fields.batch_providers
+
+    @property
+    def packing_fallback_reason(self) -> str | None:
+        """Why the last forward used the plain (unpacked) layout, or None (`prefopt.training.forward`)."""
+        return self.forward.fallback_reason
 
     def train(self, *args, **kwargs):
         """`transformers.Trainer.train`; a run ended by a non-finite value (on_nonfinite="stop") says so again at
@@ -233,9 +229,9 @@ class Trainer(DPOTrainer):
         return training_summary(self)
 
     def _settle_reference(self) -> reference.Reference:
-        """`self.reference` (`prefopt.training.reference.settle`), decided once TRL has set the policy and its
-        ``ref_model``: TRL's precomputation needs it before TRL's constructor returns. ``self.ref_model`` (TRL's
-        attribute) follows it: a copy no loss needs is freed."""
+        """`self.reference` (`prefopt.training.reference.settle`) and the providers' `FieldContext`, decided once TRL
+        has set the policy and its ``ref_model``: TRL's precomputation needs them before TRL's constructor returns.
+        ``self.ref_model`` (TRL's attribute) follows the reference: a copy no loss needs is freed."""
         if self.reference is None:
             self.reference = reference.settle(
                 self.model, self.ref_model, requested=self._requested_reference, copied=self._reference_copied,
@@ -243,6 +239,13 @@ class Trainer(DPOTrainer):
                 checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
             )
             self.ref_model = self.reference.model
+            for model in (self.model, self.ref_model):  # TRL gave both its fused LM head
+                self.forward.register_fused_head(model)
+            self.field_context = FieldContext(
+                tokenizer=self._tokenizer, max_length=self.args.max_length, truncation_mode=self.args.truncation_mode,
+                device=self.accelerator.device, collator=self.data_collator, score=self.forward.score,
+                reference=self.reference, autocast=self.accelerator.autocast, policy=self.model,
+            )
         return self.reference
 
     # ----------------------------------------------------------------------------------------- checks
@@ -286,8 +289,7 @@ class Trainer(DPOTrainer):
         return None
 
     def _row_providers(self) -> list[FieldProvider]:
-        needed = [self.field_providers[f] for f in self.preference_loss.required_fields if f not in STEP_FIELDS]
-        return list({id(provider): provider for provider in [*needed, *self._given_providers]}.values())
+        return self.fields.row_providers
 
     def _check_every_row(self, dataset, name: str):
         """Check every row before training (map-style: all now; iterable: each row as it streams), naming the rows."""
@@ -395,32 +397,10 @@ class Trainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        columns = ["completions_ids"]
-        for provider in self.field_providers.values():
-            columns += list(provider.columns())
+        columns = ["completions_ids", *self.fields.columns()]
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *columns]))
 
     # ------------------------------------------------------------------------------------ log-probs
-
-    def response_logps(self, model, inputs, **model_kwargs) -> SequenceLogProbs:
-        """Sequence log-probs [N] of every row of ``inputs`` under ``model``, for the policy and the reference alike.
-
-        The packed layout (`prefopt.training.packing`: each prompt encoded once for its responses, optionally without
-        padding) when it serves this model and batch, else `prefopt.logprobs.token_logps` (TRL's fused head);
-        then TRL's `ld_alpha` (length-desensitised log-probs) when it is set."""
-        shifted_mask = inputs["completion_mask"][..., 1:]
-        layout = self._packed_layout(model, inputs, model_kwargs)
-        if layout is not None:
-            wanted = packing.METRIC_OUTPUTS + (("log_sum_sq_probs",) if self.args.use_weighting else ())
-            outputs = packing.packed_forward(model, layout, outputs=wanted)
-            per_token = outputs.log_probs[:, -shifted_mask.size(1) :]
-        else:
-            per_token, outputs = token_logps(model, inputs, fused_lm_head=True, **model_kwargs)
-        if self.args.ld_alpha is None:
-            logps = per_token.sum(dim=1)
-        else:
-            logps = length_desensitized_logps(per_token, shifted_mask, self._response_index(inputs), self.args.ld_alpha)
-        return SequenceLogProbs(logps, shifted_mask.sum(dim=1), outputs)
 
     @staticmethod
     def _response_index(inputs) -> torch.Tensor:
@@ -430,94 +410,19 @@ class Trainer(DPOTrainer):
         half = inputs["input_ids"].size(0) // 2
         return torch.stack([torch.arange(half), torch.arange(half) + half], 1).to(inputs["input_ids"].device)
 
-    @staticmethod
-    def _example_weights(outputs, inputs, response_index) -> torch.Tensor:
-        """WPO weights [B, K] of the responses (`use_weighting`), from the policy forward's fused-head outputs."""
-        shifted_mask = inputs["completion_mask"][..., 1:]
-        seq_len = shifted_mask.size(1)
-        weights = wpo_weights(outputs.log_probs[:, -seq_len:], outputs.log_sum_sq_probs[:, -seq_len:], shifted_mask)
-        return as_matrix(weights, response_index).masked_fill(response_index < 0, 1.0)
-
-    def _packed_layout(self, model, inputs, extra_kwargs) -> packing.PackedLayout | None:
-        """The packed layout of ``inputs`` for ``model``, or None (reason in `packing_fallback_reason`) when
-        packing is switched off or cannot serve this model or batch. A model is verified once: its packed
-        per-token log-probs on the first batch of each mask kind (block mask, or one sequence per row with a 2D
-        mask) must equal the plain ones (see `packing.mismatch_reason`); a mismatch turns packing off for the model."""
-        self.packing_fallback_reason = None
-        if not (self.args.prefix_sharing or self.args.padding_free):
-            return None
-        reason = "the forward needs extra outputs (MoE router logits)" if extra_kwargs else None
-        if reason is None:  # the static checks run once per model (they walk its modules: ~6 ms a call)
-            if id(model) not in self._packing_static:
-                self._packing_static[id(model)] = packing.unsupported_reason(model)
-            reason = self._packing_static[id(model)]
-        layout = None
-        if reason is None:
-            layout = self._layout_for(model, inputs)
-            if isinstance(layout, str):
-                reason, layout = layout, None
-        if reason is None:
-            key = (id(model), layout.one_sequence_per_row)
-            if key not in self._packing_checked:
-                self._packing_checked[key] = self._verify_packing(model, inputs, layout)
-                if self._packing_checked[key] is None:
-                    logger.info("packed forward verified for %s (%s)", type(model).__name__,
-                                "one sequence per row" if key[1] else "block mask")
-                else:  # one failed kind is enough to distrust the model's masking: plain for the rest of the run
-                    self._packing_static[id(model)] = self._packing_checked[key]
-            reason = self._packing_checked[key]
-        if reason is not None:
-            if (id(model), reason) not in self._packing_logged:
-                logger.warning("prefopt: using the plain (unpacked) forward for %s: %s", type(model).__name__, reason)
-                self._packing_logged.add((id(model), reason))
-            self.packing_fallback_reason = reason
-            return None
-        return layout
-
-    def _layout_for(self, model, inputs) -> packing.PackedLayout | str:
-        """The batch's packed layout (built once per batch, shared by the policy and reference passes, which have
-        the same architecture, so the same `packing.attention_cost`), or why not."""
-        switches = (self.args.prefix_sharing, self.args.padding_free)
-        cached = self._packed_layout_cache
-        if cached is not None and cached[0] is inputs["input_ids"] and cached[1] == switches:
-            return cached[2]
-        response_index = inputs.get("response_index")
-        if response_index is None:
-            return "the batch has no `response_index` (a collator other than prefopt's)"
-        if id(model) not in self._attention_costs:
-            self._attention_costs[id(model)] = packing.attention_cost(model)
-        try:
-            layout = packing.build_layout(
-                inputs["input_ids"].cpu(), inputs["attention_mask"].cpu(), inputs["completion_mask"].cpu(),
-                response_index.cpu(), prefix_sharing=self.args.prefix_sharing, padding_free=self.args.padding_free,
-                pad_token_id=getattr(self.data_collator, "pad_token_id", None) or 0,
-                attention_cost=self._attention_costs[id(model)],
-            )
-        except ValueError as error:
-            return f"the batch cannot be packed: {error}"
-        self._packed_layout_cache = (inputs["input_ids"], switches, layout)
-        return layout
-
-    @staticmethod
-    def _verify_packing(model, inputs, layout) -> str | None:
-        was_training = model.training
-        model.eval()  # dropout would make the two passes differ
-        try:
-            with torch.no_grad():
-                packed = packing.packed_forward(model, layout).log_probs
-                plain, _ = token_logps(model, inputs, fused_lm_head=True)
-            return packing.mismatch_reason(packed, plain, inputs["completion_mask"])
-        except torch.OutOfMemoryError:
-            raise  # not a property of the layout: the plain pass would run out too (training_step adds advice)
-        except Exception as error:  # noqa: BLE001 - any other failure of the packed pass means: use the plain one
-            return f"the packed forward failed ({type(error).__name__}: {error})"
-        finally:
-            model.train(was_training)
+    def batch_fields(self, model, inputs) -> tuple[dict[str, torch.Tensor], SequenceLogProbs]:
+        """The `LogProbs` fields the loss sees for ``inputs`` (policy forward under ``model``, with gradient when
+        called so, and every provider's fields), and the policy's forward result."""
+        extra = {"output_router_logits": True} if self.aux_loss_enabled else {}
+        response_index = self._response_index(inputs)
+        policy = self.forward.score(model, inputs, response_index=response_index, outputs=self.forward.metric_outputs, **extra)
+        self.field_context.policy = model  # the model as this step runs it (wrapped for distributed training)
+        return self.fields.collect(self.field_context, inputs, response_index, policy), policy
 
     def reference_logps(self, inputs) -> torch.Tensor:
-        """Sequence log-probs [N] under the reference (`self.reference`, `prefopt.training.reference`)."""
-        with self._settle_reference().active() as model, self.accelerator.autocast():
-            return self.response_logps(model, inputs).logps
+        """Sequence log-probs [N] of ``inputs`` under the reference, by the run's one scoring routine."""
+        self._settle_reference()
+        return self.field_context.reference_logps(inputs, self._response_index(inputs))
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
         if isinstance(dataset, IterableDataset):
@@ -545,18 +450,8 @@ class Trainer(DPOTrainer):
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
-        extra = {"output_router_logits": True} if self.aux_loss_enabled else {}
-        policy = self.response_logps(model, inputs, **extra)
-        outputs = policy.outputs
-        response_index = self._response_index(inputs)
-        fields = {"policy": as_matrix(policy.logps, response_index), "lengths": as_matrix(policy.lengths, response_index)}
-        if self.kwise_data:
-            fields["mask"] = response_index >= 0
-        for provider in self._batch_providers():
-            provided = provider.provide(self, inputs, response_index)
-            fields.update((name, value.to(policy.logps.dtype)) for name, value in provided.items())
-        if self.args.use_weighting:
-            fields["weights"] = self._example_weights(outputs, inputs, response_index).to(policy.logps.dtype)
+        fields, policy = self.batch_fields(model, inputs)
+        outputs, response_index = policy.outputs, self._response_index(inputs)
         step = self.state.global_step + (mode == "train")  # the optimizer step this batch belongs to
         try:
             check_inputs(step, fields, context=mode)

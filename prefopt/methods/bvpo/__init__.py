@@ -1,12 +1,17 @@
-"""BVPO (Zhu et al. 2025): reasoning traces and their empty-trace view. A face (`prefopt._lazy`)."""
+"""BVPO (Zhu et al. 2025): reasoning traces and their empty-trace view. A face (`prefopt._lazy`).
+
+`annotation` builds the two views' rows; `auto_alpha` estimates the mixing weight every step. The thinking
+format (`prefopt.chat.Thinking`) and the empty-trace field provider (`prefopt.training.fields.EmptyTraceField`)
+live where their lowest users can reach them.
+"""
 
 from prefopt._lazy import lazy_face
 
 _TABLE = {
-    "AutoAlphaCallback": "prefopt.methods.bvpo.reasoning",
-    "auto_alpha": "prefopt.methods.bvpo.reasoning",
-    "annotate_views": "prefopt.methods.bvpo.reasoning",
-    "EmptyTraceField": "prefopt.methods.bvpo.reasoning",
+    "AutoAlphaCallback": "prefopt.methods.bvpo.auto_alpha",
+    "auto_alpha": "prefopt.methods.bvpo.auto_alpha",
+    "annotate_views": "prefopt.methods.bvpo.annotation",
+    "EmptyTraceField": "prefopt.training.fields",
     "Thinking": "prefopt.chat",
     "ThinkingTokenizer": "prefopt.chat",
 }

@@ -46,10 +46,11 @@ import torch
 from datasets import Dataset
 from torch.utils.data import Dataset as TorchDataset
 
-from prefopt.callbacks import LossStateCallback
+from prefopt.training.state import LossStateCallback
 from prefopt.config import PrefOptConfig
 from prefopt.chat import as_conversation, as_response, is_conversational, prompt_key
-from prefopt.logprobs import encode, pad_sequences, sequence_logps
+from prefopt.logprobs import encode, pad_sequences
+from prefopt.training.fields import one_row_per_example
 from prefopt.losses import LogProbs
 from prefopt.losses.fdpg import pointwise_divergence, pseudo_reward
 from prefopt.online.sampling import SamplingConfig, generate
@@ -222,6 +223,11 @@ class FDPGTrainer(Trainer):
         args = args or PrefOptConfig("fdpg-out", loss="fdpg")
         if args.loss_components() != (("fdpg", 1.0),):
             raise ValueError(f"FDPGTrainer trains the 'fdpg' loss alone; args.loss is {args.loss!r}")
+        if args.ld_alpha is not None:
+            raise ValueError(
+                f"FDPGTrainer: ld_alpha={args.ld_alpha} has no meaning here: LD-DPO down-weights the tokens of a response "
+                "past the shortest response of the same example, and f-DPG scores one sample at a time; unset ld_alpha"
+            )
         if not isinstance(train_dataset, (Dataset, TorchDataset)):
             train_dataset = Dataset.from_dict({"prompt": list(train_dataset)})
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
@@ -295,6 +301,7 @@ class FDPGTrainer(Trainer):
             prompt_ids, (completion_ids,) = encode(tokenizer, prompt, [response], eos_token=tokenizer.eos_token)
             sequences.append((prompt_ids, completion_ids))
         batch = pad_sequences(sequences, tokenizer.pad_token_id, max_length=self.args.max_length)
+        batch["response_index"] = one_row_per_example(len(sequences))
         return {key: value.to(self.accelerator.device) for key, value in batch.items()}
 
     def _log_target(self, prompts, texts, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,11 +321,11 @@ class FDPGTrainer(Trainer):
         state, spec = self.fdpg_state, self.preference_loss.components[0][0]
         prompts, responses, texts = self._samples(list(inputs["prompt"]))
         batch = self._encode(prompts, responses)
-        policy = sequence_logps(model, batch, fused_lm_head=True)
-        reference = self.reference_logps(batch).float()
+        # every log-prob through the run's one scoring routine (each sample is its own example: response_index)
+        policy = self.forward.score(model, batch, outputs=self.forward.metric_outputs)
+        reference = self.field_context.reference_logps(batch).float()
         if self.proposal is not None:
-            with torch.no_grad():
-                proposal = sequence_logps(self.proposal, batch).logps.float()
+            proposal = self.field_context.model_logps(self.proposal, batch).float()
         else:
             proposal = policy.logps.detach().float()  # q = pi_theta at sampling time
         log_target, values = self._log_target(prompts, texts, reference)
