@@ -107,3 +107,17 @@ def test_iterable_rows_are_counted_and_filtered_as_they_stream(tmp_path):
     trainer.train()
     counts = trainer.truncated_rows["train"]
     assert counts["responses identical after truncation"] >= 2 and counts["response cut"] >= 4
+
+
+@pytest.mark.parametrize("row, kwise", [
+    ({"prompt": "say", "completions": [" good", " bad"]}, True),
+    ({"prompt": "say", "completions_ids": [[1], [2]]}, True),
+    ({"prompt": "say", "completions": None, "chosen": " good", "rejected": " bad"}, False),  # a None cell is no ranking
+    ({"prompt": "say", "chosen": " good", "rejected": " bad"}, False),
+])
+def test_one_kwise_test_for_the_trainer_collator_fields_and_summary(row, kwise):
+    from prefopt.training import batching, fields, rows, summary
+
+    assert rows.is_kwise_example(row) is kwise
+    for module in (batching, fields, summary):  # every caller asks the same function
+        assert module.is_kwise_example is rows.is_kwise_example

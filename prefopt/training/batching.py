@@ -16,11 +16,7 @@ import torch
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from prefopt.logprobs import encode, pad_sequences
-
-
-def is_kwise_example(example: dict[str, Any]) -> bool:
-    """Whether the row holds K-wise completions (a `completions` column whose value is None in this row does not count)."""
-    return example.get("completions") is not None or example.get("completions_ids") is not None
+from prefopt.training.rows import is_kwise_example
 
 
 def order_completions(example: dict[str, Any]) -> dict[str, Any]:
@@ -68,13 +64,13 @@ class PreferenceCollator(DataCollatorForPreference):
     providers: tuple = ()
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        if "completions_ids" in examples[0]:
+        kwise = is_kwise_example(examples[0])
+        if kwise:
             output = self._kwise_call(examples)
         else:
             output = super().torch_call(examples)
             batch_size = len(examples)
             output["response_index"] = torch.stack([torch.arange(batch_size), torch.arange(batch_size) + batch_size], 1)
-        kwise = "completions_ids" in examples[0]
         for provider in self.providers:
             output.update(provider.collate(examples, kwise, output["response_index"].size(1)))
         if "field_reference" in output:  # TRL's own columns, now a field

@@ -39,6 +39,7 @@ from prefopt.logprobs import SequenceLogProbs, as_matrix, encode, pad_sequences
 from prefopt.losses import wpo_weights
 from prefopt.losses._batch import LOGPROBS_FIELDS
 from prefopt.training.reference import REFERENCE_COLUMNS, Reference
+from prefopt.training.rows import is_kwise_example
 
 logger = logging.getLogger(__name__)
 
@@ -585,7 +586,7 @@ def resolve_providers(extra: Iterable[FieldProvider] | None = None) -> dict[str,
 def servable_fields(example: Mapping[str, Any], providers: Mapping[str, FieldProvider] | None = None) -> set[str]:
     """The `LogProbs` fields the trainer can fill for data whose rows look like ``example``."""
     providers = resolve_providers() if providers is None else providers
-    kwise = "completions" in example or "completions_ids" in example
+    kwise = is_kwise_example(example)
     servable = set(STEP_FIELDS)
     for field, provider in providers.items():
         with contextlib.suppress(ValueError):

@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from prefopt.training.rows import is_kwise_example
+
 # Curves `plot_history` draws by default: one panel per entry, train and eval_ lines in each.
 DEFAULT_CURVES = ("loss", "rewards/margins", "rewards/accuracies")
 
@@ -171,7 +173,7 @@ def truncation_reasons(example: Mapping[str, Any], max_length: int | None, trunc
     """
     if max_length is None:
         return set()
-    if "completions_ids" in example and example["completions_ids"] is not None:
+    if is_kwise_example(example):
         responses = list(example["completions_ids"])
     else:
         responses = [example["chosen_ids"], example["rejected_ids"]]

@@ -36,7 +36,8 @@ from prefopt.training import reference
 from prefopt.training.nonfinite import NonFiniteError, check_gradients, check_inputs, check_losses
 from prefopt.training.oom import advise_on_out_of_memory
 from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpointing_warnings_ignored
-from prefopt.training.batching import PreferenceCollator, is_kwise_example, tokenize_kwise
+from prefopt.training.batching import PreferenceCollator, tokenize_kwise
+from prefopt.training.rows import PreferenceRows, first_row, is_kwise_example
 from prefopt.config import PrefOptConfig
 from prefopt.training.fields import STEP_FIELDS, FieldContext, FieldProvider, FieldSet
 from prefopt.training.forward import Forward
@@ -59,13 +60,6 @@ def _as_prefopt_config(args: DPOConfig) -> PrefOptConfig:
     """A PrefOptConfig with the same values as a plain `trl.DPOConfig` (its `loss_type` then picks the loss)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
     return PrefOptConfig(**values)
-
-
-def _first_row(dataset, name: str) -> dict[str, Any]:
-    try:
-        return next(iter(dataset))
-    except StopIteration:
-        raise ValueError(f"the {name} dataset has 0 rows; nothing to train on") from None
 
 
 class Trainer(DPOTrainer):
@@ -93,6 +87,7 @@ class Trainer(DPOTrainer):
 
     _tag_names = ["trl", "dpo", "prefopt"]
     _name = "PrefOpt"
+    rows_class = PreferenceRows  # row checks (prefopt.training.rows); a trainer of prompts uses PromptRows
 
     @renamed_checkpointing_warnings_ignored()  # PEFT's get_peft_model, called by TRL with peft_config
     def __init__(
@@ -124,20 +119,20 @@ class Trainer(DPOTrainer):
             f_alpha_divergence_coef=args.f_alpha_divergence_coef,
         )
         self.loss_hyperparameters = args.loss_hyperparameters()
-        first_example = _first_row(train_dataset, "train")
+        first_example = first_row(train_dataset, "train")
         if "image" in first_example or "images" in first_example:
             raise NotImplementedError("prefopt.Trainer handles text datasets only; use trl.DPOTrainer for vision data")
         self.kwise_data = is_kwise_example(first_example)
         self.fields = FieldSet(self.preference_loss.required_fields, field_providers, kwise=self.kwise_data,
                                use_weighting=args.use_weighting)
         self.field_providers = self.fields.by_field  # field name -> its provider
-        self._given_providers = self.fields.given
-        self._check_loss_can_be_served(first_example)
-        train_dataset = self._check_every_row(train_dataset, "train")
+        self.rows = self.rows_class(self.preference_loss, self.fields, self.kwise_data)
+        self.rows.check_first(first_example)
+        train_dataset = self.rows.check_every_row(train_dataset, "train")
         if isinstance(eval_dataset, dict):
-            eval_dataset = {key: self._check_every_row(value, f"eval {key!r}") for key, value in eval_dataset.items()}
+            eval_dataset = {key: self.rows.check_every_row(value, f"eval {key!r}") for key, value in eval_dataset.items()}
         elif eval_dataset is not None:
-            eval_dataset = self._check_every_row(eval_dataset, "eval")
+            eval_dataset = self.rows.check_every_row(eval_dataset, "eval")
         needs_reference = self.preference_loss.needs_reference
         self.reference_cache = reference.ReferenceCache(args.ref_logps_cache_dir)  # precompute_ref_log_probs' store
         self._nonfinite_skipped = self._nonfinite_skipped_logged = 0  # batches skipped with on_nonfinite="skip"
@@ -248,82 +243,6 @@ class Trainer(DPOTrainer):
             )
         return self.reference
 
-    # ----------------------------------------------------------------------------------------- checks
-
-    def _check_loss_can_be_served(self, example: dict[str, Any]) -> None:
-        loss, names = self.preference_loss, list(self.preference_loss.names)
-        if loss.responses == "single":
-            raise ValueError(
-                f"loss {names} trains on one on-policy sample per prompt with proposal/target log-probs; the offline "
-                "Trainer serves preference datasets (pairs or rankings). Use it in an online loop instead."
-            )
-        if self.kwise_data and not loss.kwise:
-            raise ValueError(
-                f"the dataset is K-wise (`completions` column) but loss {names} is pairwise; use a ranked loss "
-                "(a registry spec with responses='ranked', e.g. 'plackett_luce') or split the rankings into pairs "
-                "with a prefopt.data adapter"
-            )
-        for field in loss.required_fields:
-            if field in STEP_FIELDS:
-                continue
-            self.field_providers[field].check(example, self.kwise_data, names)
-        for provider in self._given_providers:
-            provider.check(example, self.kwise_data, names)
-
-    def _row_problem(self, example: dict[str, Any]) -> str | None:
-        """Why this row cannot feed the loss (layout other than the first row's, a missing field value), or None."""
-        kwise = example.get("completions") is not None or example.get("completions_ids") is not None
-        pair = any(example.get(column) is not None for column in ("chosen", "rejected", "chosen_ids", "rejected_ids"))
-        if kwise and pair:
-            return "the row has both `completions` (K-wise) and `chosen`/`rejected` (pairwise) values"
-        if kwise != self.kwise_data or not (kwise or pair):
-            found = "K-wise `completions`" if kwise else "pairwise `chosen`/`rejected`" if pair else "no responses"
-            expected = "K-wise `completions`" if self.kwise_data else "pairwise `chosen`/`rejected`"
-            return f"the row has {found}, the first row {expected} (one dataset holds one layout)"
-        names = list(self.preference_loss.names)
-        for provider in self._row_providers():
-            try:
-                provider.check(example, self.kwise_data, names)
-            except ValueError as error:
-                return str(error)
-        return None
-
-    def _row_providers(self) -> list[FieldProvider]:
-        return self.fields.row_providers
-
-    def _check_every_row(self, dataset, name: str):
-        """Check every row before training (map-style: all now; iterable: each row as it streams), naming the rows."""
-        if isinstance(dataset, IterableDataset):
-            def check(example, index):
-                problem = self._row_problem(example)
-                if problem:
-                    raise ValueError(f"{name} dataset, row {index}: {problem}")
-                return example
-
-            return dataset.map(check, with_indices=True)
-        if not isinstance(dataset, Dataset):
-            return dataset
-        if len(dataset) == 0:
-            raise ValueError(f"the {name} dataset has 0 rows; nothing to train or evaluate on")
-        read = {"completions", "completions_ids", "chosen", "rejected", "chosen_ids", "rejected_ids", "prompt"}
-        for provider in self._row_providers():
-            read.update(provider.columns())
-        subset = dataset.select_columns([column for column in dataset.column_names if column in read])
-        problems: dict[str, list[int]] = {}
-        for index, example in enumerate(subset):
-            problem = self._row_problem(example)
-            if problem:
-                problems.setdefault(problem, []).append(index)
-        if problems:
-            lines = [
-                f"  rows {rows[:10]}{f' and {len(rows) - 10} more' if len(rows) > 10 else ''}: {problem}"
-                for problem, rows in problems.items()
-            ]
-            total = sum(len(rows) for rows in problems.values())
-            raise ValueError(f"the {name} dataset has {total} of {len(dataset)} rows the loss cannot train on:\n"
-                             + "\n".join(lines))
-        return dataset
-
     # ------------------------------------------------------------------------------------------ data
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -380,7 +299,7 @@ class Trainer(DPOTrainer):
         return dataset
 
     def _tokenize(self, dataset, processing_class, args, dataset_name):
-        first_example = _first_row(dataset, dataset_name)
+        first_example = first_row(dataset, dataset_name)
         if "prompt_ids" in first_example and ("chosen_ids" in first_example or "completions_ids" in first_example):
             return dataset  # already tokenised
         if not is_kwise_example(first_example):

@@ -51,6 +51,7 @@ from prefopt.config import PrefOptConfig
 from prefopt.chat import as_conversation, as_response, is_conversational, prompt_key
 from prefopt.logprobs import encode, pad_sequences
 from prefopt.training.fields import one_row_per_example
+from prefopt.training.rows import PromptRows
 from prefopt.losses import LogProbs
 from prefopt.losses.fdpg import pointwise_divergence, pseudo_reward
 from prefopt.online.sampling import SamplingConfig, generate
@@ -188,6 +189,8 @@ class FDPGTrainer(Trainer):
             prompts per step. callbacks, peft_config, ref_model: as `prefopt.Trainer`.
     """
 
+    rows_class = PromptRows  # rows are prompts (prefopt.training.rows)
+
     def __init__(
         self,
         model,
@@ -256,23 +259,8 @@ class FDPGTrainer(Trainer):
 
     # ---- data: a dataset of prompts, no preference tokenisation
 
-    def _check_loss_can_be_served(self, example):
-        if "prompt" not in example:
-            raise ValueError(f"FDPGTrainer trains on prompts: the dataset needs a 'prompt' column, it has {sorted(example)}")
-
-    def _row_problem(self, example):
-        """Rows are prompts (the base class checks preference layouts): each needs a non-empty prompt."""
-        prompt = example.get("prompt")
-        if not (isinstance(prompt, str) and prompt.strip()) and not is_conversational(prompt):
-            return "'prompt' must be non-empty text or a message list"
-        return None
-
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        for row, example in enumerate(dataset):
-            problem = self._row_problem(example)
-            if problem:
-                raise ValueError(f"{dataset_name} dataset, row {row}: {problem}")
-        self.dropped_rows[dataset_name] = 0
+        self.dropped_rows[dataset_name] = 0  # prompts need no tokenising; every row was checked at construction
         return dataset
 
     def _set_signature_columns_if_needed(self):
