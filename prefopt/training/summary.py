@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from prefopt.training.rows import is_kwise_example
+from prefopt.training.batching import truncation_reasons
 
 # Curves `plot_history` draws by default: one panel per entry, train and eval_ lines in each.
 DEFAULT_CURVES = ("loss", "rewards/margins", "rewards/accuracies")
@@ -159,42 +159,6 @@ def count_truncated(dataset, max_length: int | None) -> int | None:
     for example in dataset.select_columns(["prompt_ids", *response_columns]):
         truncated += bool(truncation_reasons(example, max_length))
     return truncated
-
-
-TRUNCATION_REASONS = ("prompt cut", "response cut", "responses identical after truncation")
-
-
-def truncation_reasons(example: Mapping[str, Any], max_length: int | None, truncation_mode: str = "keep_start") -> set[str]:
-    """What ``max_length`` cuts in one tokenised row (pairs or K-wise), as the collator truncates it.
-
-    "prompt cut": ``keep_end`` drops the start of the prompt; "response cut": tokens of a response are lost;
-    "responses identical after truncation": two responses of the row become the same token sequence, so the
-    row no longer states a preference (the trainer drops such rows).
-    """
-    if max_length is None:
-        return set()
-    if is_kwise_example(example):
-        responses = list(example["completions_ids"])
-    else:
-        responses = [example["chosen_ids"], example["rejected_ids"]]
-    prompt = list(example["prompt_ids"])
-    reasons, kept = set(), []
-    for response in responses:
-        sequence = prompt + list(response)
-        excess = len(sequence) - max_length
-        if excess > 0:
-            if truncation_mode == "keep_end":
-                reasons.add("prompt cut")
-                if excess > len(prompt):
-                    reasons.add("response cut")
-                sequence = sequence[excess:]
-            else:
-                reasons.add("response cut")
-                sequence = sequence[:max_length]
-        kept.append(tuple(sequence))
-    if len(set(kept)) < len(kept) and len({tuple(response) for response in responses}) == len(responses):
-        reasons.add("responses identical after truncation")
-    return reasons
 
 
 def plot_history(

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import is_peft_model
-from datasets import Dataset, IterableDataset
+from datasets import IterableDataset
 from transformers import AutoProcessor, ProcessorMixin
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOConfig, DPOTrainer
@@ -36,12 +36,11 @@ from prefopt.training import reference
 from prefopt.training.nonfinite import NonFiniteError, check_gradients, check_inputs, check_losses
 from prefopt.training.oom import advise_on_out_of_memory
 from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpointing_warnings_ignored
-from prefopt.training.batching import PreferenceCollator, tokenize_kwise
+from prefopt.training.batching import PreferencePreparation
 from prefopt.training.rows import PreferenceRows, first_row, is_kwise_example
 from prefopt.config import PrefOptConfig
 from prefopt.training.fields import STEP_FIELDS, FieldContext, FieldProvider, FieldSet
 from prefopt.training.forward import Forward
-from prefopt.training.summary import TRUNCATION_REASONS, truncation_reasons
 from prefopt.data.evaluation import preference_accuracy
 from prefopt.logprobs import SequenceLogProbs, model_inputs
 from prefopt.losses import LogProbs, combine_losses
@@ -87,7 +86,9 @@ class Trainer(DPOTrainer):
 
     _tag_names = ["trl", "dpo", "prefopt"]
     _name = "PrefOpt"
-    rows_class = PreferenceRows  # row checks (prefopt.training.rows); a trainer of prompts uses PromptRows
+    # collaborators a trainer of other rows replaces (f-DPG's trains on prompts: PromptRows, PromptPreparation)
+    rows_class = PreferenceRows  # row checks (prefopt.training.rows)
+    preparation_class = PreferencePreparation  # tokenising, counts of dropped and truncated rows, the collator
 
     @renamed_checkpointing_warnings_ignored()  # PEFT's get_peft_model, called by TRL with peft_config
     def __init__(
@@ -140,8 +141,7 @@ class Trainer(DPOTrainer):
         self.nonfinite_stop: dict[str, Any] | None = None
         self._skipping_batch = False
         self._batches_trained_since_log = 0
-        self.dropped_rows: dict[str, int] = {}  # dataset name -> rows filtered out during preparation
-        self.truncated_rows: dict[str, dict[str, int]] = {}  # dataset name -> rows max_length cuts, per reason
+        self.preparation = self.preparation_class(self.fields)  # tokenising, drop and truncation counts, columns
 
         # pi_ref: `prefopt.training.reference` decides what TRL gets and, once TRL has built the trainer, which it is
         self._requested_reference = ref_model
@@ -156,13 +156,7 @@ class Trainer(DPOTrainer):
                 processing_class = AutoProcessor.from_pretrained(model_id, trust_remote_code=args.trust_remote_code)
             tokenizer = processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
             tokenizer.pad_token = args.pad_token or tokenizer.pad_token or tokenizer.eos_token
-            data_collator = PreferenceCollator(
-                pad_token_id=tokenizer.pad_token_id,
-                max_length=args.max_length,
-                truncation_mode=args.truncation_mode,
-                pad_to_multiple_of=args.pad_to_multiple_of,
-                providers=self._batch_providers(),
-            )
+            data_collator = self.preparation.collator(args, tokenizer, self.fields.batch_providers)
         # the one scoring routine of the run: every LogProbs field's log-probs go through it
         self.forward = Forward(args, pad_token_id=getattr(data_collator, "pad_token_id", None) or 0)
         self.field_context: FieldContext | None = None  # built with the reference, once TRL has set the models
@@ -194,9 +188,6 @@ class Trainer(DPOTrainer):
         for callback in self.callback_handler.callbacks:
             if hasattr(callback, "bind_trainer"):
                 callback.bind_trainer(self)
-
-    def _batch_providers(self) -> list[FieldProvider]:
-        return self.fields.batch_providers
 
     @property
     def packing_fallback_reason(self) -> str | None:
@@ -246,78 +237,25 @@ class Trainer(DPOTrainer):
     # ------------------------------------------------------------------------------------------ data
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        """Tokenise like TRL, then report the rows TRL's preparation filters out (it does so silently)."""
-        rows_before = len(dataset) if isinstance(dataset, Dataset) else None
-        prepared = self._tokenize(dataset, processing_class, args, dataset_name)
-        if rows_before is not None:
-            dropped = rows_before - len(prepared)
-            self.dropped_rows[dataset_name] = dropped
-            if rows_before and not len(prepared):
-                raise ValueError(
-                    f"{dataset_name} dataset: all {rows_before} rows were dropped because the prompt alone fills "
-                    f"max_length={args.max_length} tokens; raise max_length or shorten the prompts"
-                )
-            if dropped:
-                logger.warning(
-                    "%s dataset: dropped %d of %d rows whose prompt alone fills max_length=%s tokens "
-                    "(raise max_length or shorten those prompts to keep them)",
-                    dataset_name, dropped, rows_before, args.max_length,
-                )
-        return self._report_truncation(prepared, args, dataset_name)
-
-    def _report_truncation(self, dataset, args, dataset_name):
-        """Count the rows `max_length` cuts, per reason (`prefopt.training.summary.truncation_reasons`), and drop those whose
-        responses truncation makes identical: they state no preference. Map-style: counted and logged now;
-        iterable: counted as rows stream (`self.truncated_rows` is live)."""
-        counts = self.truncated_rows.setdefault(dataset_name, dict.fromkeys(TRUNCATION_REASONS, 0))
-        if args.max_length is None:
-            return dataset
-        identical = "responses identical after truncation"
-
-        def keep(example) -> bool:
-            reasons = truncation_reasons(example, args.max_length, args.truncation_mode)
-            for reason in reasons:
-                counts[reason] += 1
-            return identical not in reasons
-
-        if isinstance(dataset, IterableDataset):
-            return dataset.filter(keep)
-        columns = [c for c in ("prompt_ids", "chosen_ids", "rejected_ids", "completions_ids") if c in dataset.column_names]
-        kept = [index for index, example in enumerate(dataset.select_columns(columns)) if keep(example)]
-        if any(counts.values()):
-            logger.warning(
-                "%s dataset: max_length=%s (truncation_mode=%s) cuts %s; rows whose responses become identical are "
-                "dropped (they state no preference)",
-                dataset_name, args.max_length, args.truncation_mode,
-                ", ".join(f"{count} rows: {reason}" for reason, count in counts.items() if count),
-            )
-        if len(kept) < len(dataset):
-            dataset = dataset.select(kept)
-            if not len(dataset):
-                raise ValueError(f"{dataset_name} dataset: every row's responses are identical after truncation to "
-                                 f"max_length={args.max_length}; raise max_length")
-        return dataset
-
-    def _tokenize(self, dataset, processing_class, args, dataset_name):
-        first_example = first_row(dataset, dataset_name)
-        if "prompt_ids" in first_example and ("chosen_ids" in first_example or "completions_ids" in first_example):
-            return dataset  # already tokenised
-        if not is_kwise_example(first_example):
-            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        map_kwargs = {"num_proc": args.dataset_num_proc} if isinstance(dataset, Dataset) else {}
-        dataset = dataset.map(
-            tokenize_kwise,
-            fn_kwargs={"processing_class": processing_class, "eos_token": self._tokenizer.eos_token},
-            **map_kwargs,
+        """TRL's hook: tokenise (TRL for pairs) and count what is dropped or truncated (`prefopt.training.batching`)."""
+        return self.preparation.prepare(
+            dataset, dataset_name, args, processing_class=processing_class, eos_token=self._tokenizer.eos_token,
+            tokenize_pairs=lambda rows: super(Trainer, self)._prepare_dataset(rows, processing_class, args, dataset_name),
         )
-        if args.max_length is not None and args.truncation_mode == "keep_start":
-            dataset = dataset.filter(lambda example: len(example["prompt_ids"]) < args.max_length, **map_kwargs)
-        return dataset
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        columns = ["completions_ids", *self.fields.columns()]
-        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *columns]))
+        self._signature_columns = self.preparation.signature_columns(self._signature_columns)
+
+    @property
+    def dropped_rows(self) -> dict[str, int]:
+        """Dataset name -> rows filtered out during preparation (the prompt alone fills max_length)."""
+        return self.preparation.dropped_rows
+
+    @property
+    def truncated_rows(self) -> dict[str, dict[str, int]]:
+        """Dataset name -> rows max_length cuts, per reason (`prefopt.training.batching.truncation_reasons`)."""
+        return self.preparation.truncated_rows
 
     # ------------------------------------------------------------------------------------ log-probs
 

@@ -51,6 +51,7 @@ from prefopt.config import PrefOptConfig
 from prefopt.chat import as_conversation, as_response, is_conversational, prompt_key
 from prefopt.logprobs import encode, pad_sequences
 from prefopt.training.fields import one_row_per_example
+from prefopt.training.batching import PromptPreparation
 from prefopt.training.rows import PromptRows
 from prefopt.losses import LogProbs
 from prefopt.losses.fdpg import pointwise_divergence, pseudo_reward
@@ -153,13 +154,6 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 # ------------------------------------------------------------------------------------------- trainer
 
 
-class _Prompts:
-    """Collator of a prompt dataset: the batch is the list of prompts (sampling happens in the step)."""
-
-    def __call__(self, rows):
-        return {"prompt": [row["prompt"] for row in rows]}
-
-
 class FDPGTrainer(Trainer):
     """On-policy f-DPG: every step samples from the policy (or a proposal), scores, and trains the ``fdpg`` loss.
 
@@ -189,7 +183,8 @@ class FDPGTrainer(Trainer):
             prompts per step. callbacks, peft_config, ref_model: as `prefopt.Trainer`.
     """
 
-    rows_class = PromptRows  # rows are prompts (prefopt.training.rows)
+    rows_class = PromptRows  # rows are prompts (prefopt.training.rows), not preferences
+    preparation_class = PromptPreparation  # nothing to tokenise: the batch is the list of prompts
 
     def __init__(
         self,
@@ -248,7 +243,6 @@ class FDPGTrainer(Trainer):
             model,
             ref_model=ref_model,
             args=args,
-            data_collator=_Prompts(),
             train_dataset=train_dataset,
             processing_class=processing_class,
             callbacks=[self.fdpg_state, *(callbacks or [])],
@@ -256,15 +250,6 @@ class FDPGTrainer(Trainer):
         )
         if self.proposal is not None:
             self.proposal.eval().requires_grad_(False).to(self.accelerator.device)
-
-    # ---- data: a dataset of prompts, no preference tokenisation
-
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        self.dropped_rows[dataset_name] = 0  # prompts need no tokenising; every row was checked at construction
-        return dataset
-
-    def _set_signature_columns_if_needed(self):
-        self._signature_columns = ["prompt"]
 
     # ---- the step
 
