@@ -19,7 +19,6 @@ from typing import Any
 from trl import DPOConfig
 
 from prefopt._cache import cache_root
-from prefopt.training.nonfinite import ON_NONFINITE
 from prefopt.losses import combine_losses, get_loss, list_losses
 
 # DPOConfig fields that TRL passes to its losses, and the registry hyper-parameter names they fill
@@ -29,6 +28,9 @@ _TRL_FIELD_TO_HYPERPARAMETERS = {
     "discopop_tau": ("tau", "discopop_tau"),
 }
 
+
+# What a NaN or inf in a training step does (PrefOptConfig.on_nonfinite; prefopt.training.nonfinite acts on it).
+ON_NONFINITE = ("error", "stop", "skip")
 
 _TRL_DEFAULT_BETA = 0.1  # trl.DPOConfig's default beta, kept for configs that choose the loss TRL's way
 

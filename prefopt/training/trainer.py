@@ -33,7 +33,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from prefopt.training import reference
-from prefopt.training.nonfinite import NonFiniteError, check_gradients, check_inputs, check_losses
+from prefopt.training.nonfinite import NonFiniteError, NonFiniteGuard, check_inputs, check_losses
 from prefopt.training.oom import advise_on_out_of_memory
 from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpointing_warnings_ignored
 from prefopt.training.batching import PreferencePreparation
@@ -136,11 +136,7 @@ class Trainer(DPOTrainer):
             eval_dataset = self.rows.check_every_row(eval_dataset, "eval")
         needs_reference = self.preference_loss.needs_reference
         self.reference_cache = reference.ReferenceCache(args.ref_logps_cache_dir)  # precompute_ref_log_probs' store
-        self._nonfinite_skipped = self._nonfinite_skipped_logged = 0  # batches skipped with on_nonfinite="skip"
-        # on_nonfinite="stop": what stopped training ({"step", "where", "rows", "message"}), None while all is finite
-        self.nonfinite_stop: dict[str, Any] | None = None
-        self._skipping_batch = False
-        self._batches_trained_since_log = 0
+        self.nonfinite = NonFiniteGuard(args)  # on_nonfinite: raise, stop or skip (prefopt.training.nonfinite)
         self.preparation = self.preparation_class(self.fields)  # tokenising, drop and truncation counts, columns
 
         # pi_ref: `prefopt.training.reference` decides what TRL gets and, once TRL has built the trainer, which it is
@@ -197,16 +193,15 @@ class Trainer(DPOTrainer):
     def train(self, *args, **kwargs):
         """`transformers.Trainer.train`; a run ended by a non-finite value (on_nonfinite="stop") says so again at
         the end and in the returned metrics (``nonfinite_stopped_at_step``)."""
-        self.nonfinite_stop = None
+        self.nonfinite.reset()
         output = super().train(*args, **kwargs)
-        if self.nonfinite_stop is not None:
-            output.metrics["nonfinite_stopped_at_step"] = self.nonfinite_stop["step"]
-            logger.error(
-                "training ended early: a non-finite value stopped it at step %d of %d (on_nonfinite='stop'); the model "
-                "holds the weights of step %d. %s", self.nonfinite_stop["step"], self.state.max_steps,
-                self.nonfinite_stop["step"] - 1, self.nonfinite_stop["message"],
-            )
+        self.nonfinite.report_end(output, self.state.max_steps)
         return output
+
+    @property
+    def nonfinite_stop(self) -> dict[str, Any] | None:
+        """on_nonfinite="stop": what stopped training (``{"step", "where", "rows", "message"}``), None while all is finite."""
+        return self.nonfinite.stop
 
     def summary(self):
         """Held-out metrics, dropped / truncated rows and timing as a small table (see `prefopt.training.summary`)."""
@@ -324,9 +319,10 @@ class Trainer(DPOTrainer):
                 loss = loss + per_component[spec.name].mean() * weight
             check_losses(step, per_component, loss, context=mode)
         except NonFiniteError as error:
-            if mode != "train" or self.args.nonfinite_policy() == "error":
+            if not self.nonfinite.handles(mode):
                 raise
-            return self._skip_batch(error, step, policy.logps, outputs, return_outputs)
+            loss = self.nonfinite.skip_batch(error, step, policy.logps, self.control)
+            return (loss, outputs) if return_outputs else loss
         if mode == "train":
             detached = LogProbs(**{name: value.detach() for name, value in fields.items()})
             for callback in self._loss_state_callbacks():
@@ -344,35 +340,6 @@ class Trainer(DPOTrainer):
             with torch.no_grad():
                 outputs = model(**model_inputs(inputs), use_cache=False)
         return (loss, outputs) if return_outputs else loss
-
-    def _skip_batch(self, error: NonFiniteError, step: int, policy_logps: torch.Tensor, outputs, return_outputs):
-        """on_nonfinite="skip" or "stop": a zero loss with no gradient into the model; training_step reports it as
-        NaN. "stop" also ends training after this step (`_stop_training`)."""
-        self._skipping_batch = True
-        self._stop_or_count(error, step, "a batch")
-        loss = torch.zeros((), device=policy_logps.device, dtype=policy_logps.dtype, requires_grad=True)
-        return (loss, outputs) if return_outputs else loss
-
-    def _stop_or_count(self, error: NonFiniteError, step: int, skipped: str) -> None:
-        """After a non-finite value under on_nonfinite="stop" or "skip": end training, or count the skip and say so."""
-        if self.args.nonfinite_policy() == "stop":
-            self._stop_training(error, step)
-        else:
-            self._nonfinite_skipped += 1
-            logger.warning("skipping %s (on_nonfinite='skip', %d skipped so far): %s", skipped, self._nonfinite_skipped, error)
-
-    def _stop_training(self, error: NonFiniteError, step: int) -> None:
-        """on_nonfinite="stop": no update from this optimizer step (the rest of its accumulation window is skipped
-        too), training ends after it, the model keeps the weights of the last finite step; said loudly, kept in
-        ``trainer.nonfinite_stop``, logged as ``nonfinite_stopped_at_step`` and shown by `summary()`."""
-        if self.nonfinite_stop is None:
-            self.nonfinite_stop = {"step": step, "where": error.where, "rows": error.rows, "message": str(error)}
-            logger.error(
-                "stopping training at step %d (on_nonfinite='stop'): %s. The model keeps the weights of step %d, the last "
-                "finite one; on_nonfinite='error' raises instead, 'skip' skips such batches and goes on.",
-                step, error, step - 1,
-            )
-        self.control.should_training_stop = True
 
     # ----------------------------------------------------------------------------------- loss state
 
@@ -483,26 +450,12 @@ class Trainer(DPOTrainer):
         """TRL's step, guarded: an out-of-memory error comes back with advice for this run (batch size,
         checkpointing, ...); a non-finite value raises, ends training (on_nonfinite="stop") or skips the batch
         (its loss reads NaN, which transformers' `logging_nan_inf_filter` keeps out of the logged mean)."""
-        self._skipping_batch = False
-        if self.nonfinite_stop is not None:  # stopping (on_nonfinite="stop"): the rest of the step's window trains nothing
-            self.model.zero_grad(set_to_none=True)
-            return torch.tensor(float("nan"), device=self.args.device)
+        stopped = self.nonfinite.before_step(self.model, self.args.device)  # stopping: the rest of the window trains nothing
+        if stopped is not None:
+            return stopped
         with advise_on_out_of_memory(self):
             loss = super().training_step(*args, **kwargs)
-        if self._skipping_batch:
-            if self.nonfinite_stop is not None:
-                self.model.zero_grad(set_to_none=True)  # earlier batches of this window: no partial update either
-            return torch.full_like(loss, float("nan"))
-        try:
-            check_gradients(self.state.global_step + 1, self.model.named_parameters())
-        except NonFiniteError as error:
-            if self.args.nonfinite_policy() == "error":
-                raise
-            self._stop_or_count(error, self.state.global_step + 1, "the accumulated gradient of this step")
-            self.model.zero_grad(set_to_none=True)
-            return torch.full_like(loss, float("nan"))
-        self._batches_trained_since_log += 1
-        return loss
+        return self.nonfinite.after_step(self.model, loss, self.state.global_step + 1, self.control)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
@@ -511,14 +464,6 @@ class Trainer(DPOTrainer):
             metrics = {f"{self._eval_prefix}_{key}": value for key, value in metrics.items()}
         logs.update(metrics)
         if mode == "train" and "loss" in logs:
-            skipped = self._nonfinite_skipped - self._nonfinite_skipped_logged
-            self._nonfinite_skipped_logged = self._nonfinite_skipped
-            if self.args.nonfinite_policy() == "skip":
-                logs["nonfinite_skipped"] = self._nonfinite_skipped
-            if self.nonfinite_stop is not None:
-                logs["nonfinite_stopped_at_step"] = self.nonfinite_stop["step"]
-            if skipped and not self._batches_trained_since_log:
-                logs["loss"] = float("nan")  # every batch since the last log was skipped: no loss to report, not 0.0
-            self._batches_trained_since_log = 0
+            self.nonfinite.add_to_log(logs)
         super(DPOTrainer, self).log(logs, start_time)
         self._metrics[mode].clear()
