@@ -13,7 +13,7 @@ from prefopt.methods.fdpg.trainer import FDPGState, LogPartitionEstimate, distin
 from prefopt.losses.fdpg import pointwise_divergence, pseudo_reward
 from prefopt.online import FDPGTrainer
 from prefopt.rewards import FunctionReward
-from prefopt.training.trainer import LOSS_STATE_FILE
+from prefopt.training.state import LOSS_STATE_FILE
 
 PROMPTS = [[{"role": "user", "content": text}] for text in ("say", "tell", "please say", "say please")]
 

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from helpers_trainer import config_kwargs, make_model, make_tokenizer, pair_dataset
 from prefopt import PrefOptConfig, Trainer
 from prefopt.callbacks import ReferenceRefreshCallback, RewardShiftCallback
-from prefopt.training.trainer import LOSS_STATE_FILE
+from prefopt.training.state import LOSS_STATE_FILE
 
 TOTAL_STEPS, CHECKPOINT_STEP = 4, 2
 

@@ -38,6 +38,7 @@ from prefopt.training.oom import advise_on_out_of_memory
 from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpointing_warnings_ignored
 from prefopt.training.batching import PreferencePreparation
 from prefopt.training.rows import PreferenceRows, first_row, is_kwise_example
+from prefopt.training.state import BindsTrainer, LossState
 from prefopt.config import PrefOptConfig
 from prefopt.training.fields import STEP_FIELDS, FieldContext, FieldProvider, FieldSet
 from prefopt.training.forward import Forward
@@ -47,8 +48,6 @@ from prefopt.losses import LogProbs, combine_losses
 
 logger = logging.getLogger(__name__)
 
-# Where running loss state (callbacks' `state_dict()`) is stored inside each checkpoint folder.
-LOSS_STATE_FILE = "prefopt_loss_state.pt"
 
 
 def _drop_trl_padding_free_warning(record: logging.LogRecord) -> bool:
@@ -181,8 +180,10 @@ class Trainer(DPOTrainer):
         first_hyperparameters = self.loss_hyperparameters[self.preference_loss.names[0]]
         self.metric_beta = first_hyperparameters.get("beta", args.beta if args.beta is not None else 0.1)
         self.train_dataset = self.fields.bind(self.field_context, self.train_dataset)
+        # the loss state is read from the callback list itself, so callbacks added later (add_callback) count too
+        self.loss_state = LossState(self.callback_handler.callbacks, self.loss_hyperparameters)
         for callback in self.callback_handler.callbacks:
-            if hasattr(callback, "bind_trainer"):
+            if isinstance(callback, BindsTrainer):
                 callback.bind_trainer(self)
 
     @property
@@ -309,9 +310,7 @@ class Trainer(DPOTrainer):
             check_inputs(step, fields, context=mode)
             batch = LogProbs(**fields)
             if mode == "train":
-                for callback in self._loss_state_callbacks():
-                    if hasattr(callback, "before_loss"):
-                        callback.before_loss(self, batch)
+                self.loss_state.before_loss(self, batch)
             step_hyperparameters = self.step_hyperparameters()
             per_component = self.preference_loss.components_per_example(batch, per_loss=step_hyperparameters)
             loss = 0.0
@@ -324,9 +323,7 @@ class Trainer(DPOTrainer):
             loss = self.nonfinite.skip_batch(error, step, policy.logps, self.control)
             return (loss, outputs) if return_outputs else loss
         if mode == "train":
-            detached = LogProbs(**{name: value.detach() for name, value in fields.items()})
-            for callback in self._loss_state_callbacks():
-                callback.observe(detached)
+            self.loss_state.observe(LogProbs(**{name: value.detach() for name, value in fields.items()}))
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
@@ -343,50 +340,19 @@ class Trainer(DPOTrainer):
 
     # ----------------------------------------------------------------------------------- loss state
 
-    def _loss_state_callbacks(self) -> list:
-        return [callback for callback in self.callback_handler.callbacks if hasattr(callback, "observe")]
-
     def step_hyperparameters(self) -> dict[str, dict[str, Any]]:
-        """The hyper-parameters of this step: the resolved config, overlaid with running loss state
-        (each `LossStateCallback`'s `loss_hyperparameters()`, e.g. BCO's delta)."""
-        resolved = {name: dict(values) for name, values in self.loss_hyperparameters.items()}
-        for callback in self._loss_state_callbacks():
-            for name, values in callback.loss_hyperparameters().items():
-                resolved[name].update(values)
-        return resolved
-
-    def _stateful_callbacks(self) -> dict[str, Any]:
-        """Callbacks with running state, keyed by position and class (the same callbacks must be passed on resume)."""
-        stateful = [callback for callback in self.callback_handler.callbacks if hasattr(callback, "load_state_dict")]
-        return {f"{index}:{type(callback).__name__}": callback for index, callback in enumerate(stateful)}
+        """The hyper-parameters of this step: the resolved config overlaid with running loss state
+        (`prefopt.training.state.LossState`, e.g. BCO's delta)."""
+        return self.loss_state.step_hyperparameters()
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        stateful = self._stateful_callbacks()
-        if stateful and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            state = {key: callback.state_dict() for key, callback in stateful.items()}
-            torch.save(state, os.path.join(folder, LOSS_STATE_FILE))
+        if self.args.should_save:
+            self.loss_state.save(os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        stateful = self._stateful_callbacks()
-        path = os.path.join(resume_from_checkpoint, LOSS_STATE_FILE)
-        if not stateful:
-            return
-        if not os.path.exists(path):
-            raise ValueError(
-                f"checkpoint {resume_from_checkpoint} has no {LOSS_STATE_FILE}, but callbacks {list(stateful)} keep "
-                "running state; resuming without it would not continue the interrupted run"
-            )
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if set(saved) != set(stateful):
-            raise ValueError(
-                f"checkpoint {resume_from_checkpoint} holds the state of callbacks {sorted(saved)}, this trainer has "
-                f"{sorted(stateful)}; pass the same stateful callbacks, in the same order, to resume"
-            )
-        for key, callback in stateful.items():
-            callback.load_state_dict(saved[key])
+        self.loss_state.load(resume_from_checkpoint)
 
     def _log_metrics(self, mode, inputs, outputs, batch, response_index, per_component) -> None:
         """TRL's metric names (best response = "chosen", worst = "rejected" for K-wise) plus `loss/<name>`."""
