@@ -306,3 +306,20 @@ def test_reward_shift_callback_refuses_a_loss_without_the_shift(tmp_path):
     with pytest.raises(ValueError, match="needs hyper-parameters beta and 'delta'"):
         Trainer(make_model(), train_dataset=pair_dataset(4), processing_class=make_tokenizer(),
                 args=PrefOptConfig(loss="dpo", **config_kwargs(tmp_path)), callbacks=[RewardShiftCallback(loss="dpo")])
+
+
+def test_a_run_stopped_at_max_steps_does_not_cut_the_metrics_computed_after_it(tmp_path):
+    """A run ending at max_steps on an uneven last batch (3 rows, batches of 2) leaves its dataloader unfinished;
+    accelerate would keep it active, and gather_for_metrics would cut every later metric to its remainder (1 row)."""
+    first = Trainer(make_model(), train_dataset=pair_dataset(3), processing_class=make_tokenizer(),
+                    args=PrefOptConfig(loss="dpo", **config_kwargs(tmp_path / "first", per_device_train_batch_size=2, max_steps=2)))
+    first.train()
+    assert not first.accelerator.gradient_state.in_dataloader
+    second = Trainer(make_model(), train_dataset=pair_dataset(4), processing_class=make_tokenizer(),
+                     args=PrefOptConfig(loss="dpo", **config_kwargs(tmp_path / "second")))
+    batch = _first_batch(second)
+    second.model.train()
+    with torch.no_grad():
+        fields, _ = second.batch_fields(second.model, batch)
+        second.compute_loss(second.model, batch)
+    assert second._metrics["train"]["logps/chosen"][-1] == pytest.approx(fields["policy"][:, 0].mean().item(), abs=1e-5)

@@ -42,7 +42,7 @@ from prefopt.training.state import BindsTrainer, LossState
 from prefopt.config import PrefOptConfig
 from prefopt.training.fields import STEP_FIELDS, FieldContext, FieldProvider, FieldSet
 from prefopt.training.forward import Forward
-from prefopt.data.evaluation import preference_accuracy
+from prefopt.training.metrics import StepMetrics, UnfinishedDataloaders
 from prefopt.logprobs import SequenceLogProbs, model_inputs
 from prefopt.losses import LogProbs, combine_losses
 
@@ -179,6 +179,9 @@ class Trainer(DPOTrainer):
         self._eval_prefix = "eval"
         first_hyperparameters = self.loss_hyperparameters[self.preference_loss.names[0]]
         self.metric_beta = first_hyperparameters.get("beta", args.beta if args.beta is not None else 0.1)
+        # TRL's metric names every step (prefopt.training.metrics), in TRL's own store so TRL-style code reads them
+        self.metrics = StepMetrics(self._metrics, self.accelerator.gather_for_metrics, beta=self.metric_beta,
+                                   kwise=self.kwise_data, tensor_parallel_size=self._tp_size)
         self.train_dataset = self.fields.bind(self.field_context, self.train_dataset)
         # the loss state is read from the callback list itself, so callbacks added later (add_callback) count too
         self.loss_state = LossState(self.callback_handler.callbacks, self.loss_hyperparameters)
@@ -195,7 +198,8 @@ class Trainer(DPOTrainer):
         """`transformers.Trainer.train`; a run ended by a non-finite value (on_nonfinite="stop") says so again at
         the end and in the returned metrics (``nonfinite_stopped_at_step``)."""
         self.nonfinite.reset()
-        output = super().train(*args, **kwargs)
+        with UnfinishedDataloaders(self.accelerator.gradient_state):  # a stop at max_steps must not skew later metrics
+            output = super().train(*args, **kwargs)
         self.nonfinite.report_end(output, self.state.max_steps)
         return output
 
@@ -326,13 +330,8 @@ class Trainer(DPOTrainer):
             self.loss_state.observe(LogProbs(**{name: value.detach() for name, value in fields.items()}))
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
-
-        self._log_metrics(mode, inputs, outputs, batch, response_index, per_component)
-        for name, values in step_hyperparameters.items():  # what each loss trained with this step (e.g. BVPO's alpha)
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._metrics[mode][f"hyperparameters/{name}/{key}"].append(float(value))
+            self.metrics.record_aux_loss(mode, outputs.aux_loss)
+        self.metrics.record(mode, inputs, outputs, batch, response_index, per_component, step_hyperparameters)
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**model_inputs(inputs), use_cache=False)
@@ -353,50 +352,6 @@ class Trainer(DPOTrainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.loss_state.load(resume_from_checkpoint)
-
-    def _log_metrics(self, mode, inputs, outputs, batch, response_index, per_component) -> None:
-        """TRL's metric names (best response = "chosen", worst = "rejected" for K-wise) plus `loss/<name>`."""
-        metrics, gather = self._metrics[mode], self.accelerator.gather_for_metrics
-        shift_mask = inputs["completion_mask"][..., 1:]
-        seq_len = shift_mask.size(1)
-        real = response_index >= 0
-        worst = (real.sum(dim=1) - 1).unsqueeze(1)
-        best_rows, worst_rows = response_index[:, 0], response_index.gather(1, worst).squeeze(1)
-
-        entropy_sum = gather((outputs.entropy[:, -seq_len:].detach() * shift_mask).sum()).sum()
-        total_tokens = gather(shift_mask.sum()).sum()
-        metrics["entropy"].append((entropy_sum / total_tokens).item() if total_tokens > 0 else 0.0)
-        if mode == "train":
-            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
-        metrics["num_tokens"] = [self._total_train_tokens]
-        mean_logits = outputs.mean_logits[:, -seq_len:].detach()
-        for label, rows in (("chosen", best_rows), ("rejected", worst_rows)):
-            mask = shift_mask[rows].bool()
-            total = gather(mean_logits[rows][mask].sum()).sum().item()
-            count = gather(mask.sum()).sum().item()
-            metrics[f"logits/{label}"].append(total / count if count > 0 else 0.0)
-        chosen_mask = shift_mask[best_rows].bool()
-        correct = gather((outputs.is_top1[:, -seq_len:][best_rows] & chosen_mask).sum()).sum()
-        count = gather(chosen_mask.sum()).sum()
-        metrics["mean_token_accuracy"].append((correct / count).item() if count > 0 else 0.0)
-
-        policy = batch.policy.detach()
-        log_ratios = policy - batch.reference.detach() if batch.reference is not None else policy
-        rewards = self.metric_beta * log_ratios
-        chosen_rewards, rejected_rewards = rewards[:, 0], rewards.gather(1, worst).squeeze(1)
-        metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
-        metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
-        metrics["rewards/accuracies"].append(preference_accuracy(gather(chosen_rewards), gather(rejected_rewards))["accuracy"])
-        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
-        metrics["logps/chosen"].append(gather(policy[:, 0]).mean().item())
-        metrics["logps/rejected"].append(gather(policy.gather(1, worst).squeeze(1)).mean().item())
-        if self.kwise_data:
-            # share of adjacent ranked responses whose implicit rewards are in the labelled order
-            adjacent = real[:, 1:] & real[:, :-1]
-            ordered = ((rewards[:, :-1] > rewards[:, 1:]) & adjacent).sum(dim=1).float()
-            metrics["rewards/ranking_accuracy"].append(gather(ordered / adjacent.sum(dim=1).clamp(min=1)).mean().item())
-        for name, values in per_component.items():
-            metrics[f"loss/{name}"].append(gather(values.detach()).mean().item())
 
     # ---------------------------------------------------------------------------------- evaluation
 
@@ -425,11 +380,11 @@ class Trainer(DPOTrainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
+        metrics = self.metrics.averages(mode)
         if mode == "eval":
             metrics = {f"{self._eval_prefix}_{key}": value for key, value in metrics.items()}
         logs.update(metrics)
         if mode == "train" and "loss" in logs:
             self.nonfinite.add_to_log(logs)
         super(DPOTrainer, self).log(logs, start_time)
-        self._metrics[mode].clear()
+        self.metrics.clear(mode)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 import json
 import math
 from typing import Any, Callable, Sequence
@@ -350,22 +351,23 @@ class FDPGTrainer(Trainer):
         state.proposal_divergence, state.policy_divergence = [0.0, 0], [0.0, 0]
 
     def _log_step(self, texts, values, policy, batch, weights, reference, proposal, normalised, known, log_z, divergence):
-        metrics, mean = self._metrics["train"], lambda tensor: tensor.float().mean().item() if tensor.numel() else 0.0
+        add = functools.partial(self.metrics.add, "train")
+        mean = lambda tensor: tensor.float().mean().item() if tensor.numel() else 0.0  # noqa: E731
         terms = pointwise_divergence(policy.logps.detach(), normalised, proposal, divergence)
-        metrics["fdpg/divergence"].append(mean(terms[known]))
-        metrics["fdpg/kl_to_reference"].append(mean(weights * (policy.logps.detach() - reference)))
-        metrics["fdpg/reward" if self.target == "rlhf" else "fdpg/constraint_satisfaction"].append(mean(values))
-        metrics["fdpg/distinct_1"].append(distinct_n(texts, 1))
-        metrics["fdpg/distinct_2"].append(distinct_n(texts, 2))
+        add("fdpg/divergence", mean(terms[known]))
+        add("fdpg/kl_to_reference", mean(weights * (policy.logps.detach() - reference)))
+        add("fdpg/reward" if self.target == "rlhf" else "fdpg/constraint_satisfaction", mean(values))
+        add("fdpg/distinct_1", distinct_n(texts, 1))
+        add("fdpg/distinct_2", distinct_n(texts, 2))
         mask = batch["completion_mask"][:, 1:]
         entropy = (policy.outputs.entropy[:, -mask.size(1) :].detach() * mask).sum() / mask.sum().clamp(min=1)
-        metrics["fdpg/entropy"].append(entropy.item())
-        metrics["fdpg/log_z"].append(mean(log_z[known]))
-        metrics["fdpg/baseline"].append(self.fdpg_state.baseline)
-        metrics["fdpg/importance_weight"].append(mean(weights))
-        metrics["fdpg/truncated"].append(mean((policy.lengths - 1 >= self.max_new_tokens).float()))
-        metrics["fdpg/samples_without_z"].append(float((~known).sum().item()))
-        metrics["fdpg/proposal_updates"].append(float(self.fdpg_state.proposal_updates))
+        add("fdpg/entropy", entropy.item())
+        add("fdpg/log_z", mean(log_z[known]))
+        add("fdpg/baseline", self.fdpg_state.baseline)
+        add("fdpg/importance_weight", mean(weights))
+        add("fdpg/truncated", mean((policy.lengths - 1 >= self.max_new_tokens).float()))
+        add("fdpg/samples_without_z", float((~known).sum().item()))
+        add("fdpg/proposal_updates", float(self.fdpg_state.proposal_updates))
 
 
 # ------------------------------------------------------------------------------------- command line
