@@ -50,10 +50,8 @@ class PreferenceEvalCallback(TrainerCallback):
 
     def bind_trainer(self, trainer) -> None:
         self.trainer = trainer
-        # tokenise once; `evaluate` recognises a tokenised dataset (and the reference cache avoids recomputation)
-        self.eval_dataset = trainer._prepare_dataset(
-            self.eval_dataset, trainer.processing_class, trainer.args, self.metric_key_prefix
-        )
+        # checked and tokenised once; `evaluate` recognises a tokenised dataset (the reference cache avoids recomputation)
+        self.eval_dataset = trainer.prepare_dataset(self.eval_dataset, self.metric_key_prefix)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.trainer is None:
@@ -270,7 +268,7 @@ class WinRateCallback(StatefulCallback):
             f"{prefix}_ties": result.ties,
             f"{prefix}_count": result.count,
         }
-        _log(self.trainer, metrics)
+        self.trainer.log_values(metrics)
         self.history.append((step, metrics))
         return metrics
 
@@ -284,14 +282,6 @@ class WinRateCallback(StatefulCallback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [(int(step), dict(metrics)) for step, metrics in state["history"]]
-
-
-def _log(trainer, metrics: dict[str, float]) -> None:
-    """Log through transformers' Trainer.log (history + every report_to tracker) without flushing the
-    training metrics TRL's log accumulates for the next logging step."""
-    from transformers import Trainer as TransformersTrainer
-
-    TransformersTrainer.log(trainer, dict(metrics))
 
 
 class SampleTableCallback(StatefulCallback):

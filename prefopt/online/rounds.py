@@ -271,7 +271,7 @@ def train_online(
                              previous_samples, reference_samples),
         })
         if trainer is not None:  # through the round's callbacks and report_to integrations
-            trainer.log({f"online/{key}": value for key, value in metrics.items()})
+            trainer.log_values({f"online/{key}": value for key, value in metrics.items()})
         state["rounds_done"], state["history"] = round_number, [*state["history"], metrics]
         run.save_policy(model, round_number)
         run.save_state(state)

@@ -247,6 +247,12 @@ class Trainer(DPOTrainer):
         super()._set_signature_columns_if_needed()
         self._signature_columns = self.preparation.signature_columns(self._signature_columns)
 
+    def prepare_dataset(self, dataset, name: str = "eval"):
+        """``dataset`` checked row by row and tokenised as this trainer trains on it, e.g. a held-out set to pass to
+        ``evaluate`` again and again (`prefopt.callbacks.PreferenceEvalCallback`)."""
+        dataset = self.rows.check_every_row(dataset, name)
+        return self._prepare_dataset(dataset, self.processing_class, self.args, name)
+
     @property
     def dropped_rows(self) -> dict[str, int]:
         """Dataset name -> rows filtered out during preparation (the prompt alone fills max_length)."""
@@ -377,6 +383,12 @@ class Trainer(DPOTrainer):
         with advise_on_out_of_memory(self):
             loss = super().training_step(*args, **kwargs)
         return self.nonfinite.after_step(self.model, loss, self.state.global_step + 1, self.control)
+
+    def log_values(self, values: dict[str, float]) -> None:
+        """Log ``values`` now (the log history and every ``report_to`` tracker), leaving the step metrics this
+        trainer gathers for its next logging step untouched: for callbacks and loops that measure something of
+        their own (win rates, round metrics)."""
+        super(DPOTrainer, self).log(dict(values))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"

@@ -258,10 +258,10 @@ class FDPGTrainer(Trainer):
         """(prompt per sample, response per sample as the policy sees it, response texts), sampled from q."""
         sampler = self.proposal if self.proposal is not None else self.accelerator.unwrap_model(self.model)
         seed = self.args.seed * 1_000_003 + self.sampling.seed + self.state.global_step  # the same samples after a resume
-        texts = generate(sampler, self._tokenizer, prompts, self.sampling.replace(seed=seed), progress=False)
+        texts = generate(sampler, self.field_context.tokenizer, prompts, self.sampling.replace(seed=seed), progress=False)
         flat_prompts, flat_responses, flat_texts = [], [], []
         for prompt, responses in zip(prompts, texts):
-            conversation = as_conversation(self._tokenizer, prompt)
+            conversation = as_conversation(self.field_context.tokenizer, prompt)
             for text in responses:
                 flat_prompts.append(conversation)
                 flat_responses.append(as_response(conversation, text))
@@ -269,7 +269,7 @@ class FDPGTrainer(Trainer):
         return flat_prompts, flat_responses, flat_texts
 
     def _encode(self, prompts, responses) -> dict[str, torch.Tensor]:
-        tokenizer = self._tokenizer
+        tokenizer = self.field_context.tokenizer
         sequences = []
         for prompt, response in zip(prompts, responses):
             prompt_ids, (completion_ids,) = encode(tokenizer, prompt, [response], eos_token=tokenizer.eos_token)
