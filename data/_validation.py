@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefopt.chat import is_conversational  # the one home of message forms; data/ imports nothing else of prefopt
+from prefopt.chat import is_conversational  # noqa: F401  (the one home of message forms; data/ imports nothing else of prefopt)
 
 logger = logging.getLogger("prefopt.data")
 

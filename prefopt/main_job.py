@@ -100,8 +100,8 @@ def trainable_losses(task: str = TASK) -> list[str]:
     """Registered losses the main job can train on the task's pairwise rows: K = 2 allowed, and every
     field they need has a field provider that can fill it from those rows."""
     from prefopt.data import get_task
-    from prefopt.training.fields import servable_fields
     from prefopt.losses import get_loss, list_losses
+    from prefopt.training.fields import servable_fields
 
     first_row = get_task(task).load("pairwise", split="train")[0]
     servable = servable_fields(first_row)
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.time()
     set_seed(options.seed)
     output_dir = Path(options.output_dir)
-    print(f"[1/5] loading SmolLM2-135M-Instruct with a LoRA adapter (the first run converts the GGUF, ~30 s)", flush=True)
+    print("[1/5] loading SmolLM2-135M-Instruct with a LoRA adapter (the first run converts the GGUF, ~30 s)", flush=True)
     # The trainer adds the LoRA adapter (peft_config), so the reference is the adapter-disabled base model.
     model, tokenizer = default_model()
     lora = default_lora_config()

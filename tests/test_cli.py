@@ -11,7 +11,11 @@ import torch
 
 from helpers_models import save_tiny_checkpoint
 from prefopt import main_job, models
+from prefopt.cli import annotate as annotate_command
+from prefopt.cli import common
+from prefopt.cli import losses as losses_command
 from prefopt.cli import main as cli
+from prefopt.cli import train as train_command
 from prefopt.losses import get_loss, list_losses
 
 
@@ -21,7 +25,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_losses_table_has_one_row_per_registered_loss_with_its_defaults():
-    table = cli.losses_table().splitlines()
+    table = losses_command.losses_table().splitlines()
     assert len(table) == 2 + len(list_losses())
     for name, row in zip(list_losses(), table[2:]):
         spec = get_loss(name)
@@ -44,7 +48,7 @@ def test_python_dash_m_prefopt_lists_the_losses_quietly_in_the_terminal_width():
     markdown = subprocess.run(
         [sys.executable, "-m", "prefopt", "losses", "--markdown"], capture_output=True, text=True, check=True, env=_env()
     )
-    assert markdown.stdout.strip() == cli.losses_table()
+    assert markdown.stdout.strip() == losses_command.losses_table()
 
 
 def _env(**extra):
@@ -122,7 +126,7 @@ def test_train_arguments_come_from_yaml_and_flags_override(tmp_path):
         "model_name_or_path: some/model\nquantization: 4bit\nloss: dpo\nbeta: 0.2\nlearning_rate: 1.0e-4\n"
         "lora_r: 8\noutput_dir: out/run\n"
     )
-    script_args, training_args = cli.parse_train_arguments(["--config", str(config), "--learning_rate", "3e-4"])
+    script_args, training_args = train_command.parse_train_arguments(["--config", str(config), "--learning_rate", "3e-4"])
     assert script_args.model_name_or_path == "some/model" and script_args.quantization == "4bit"
     assert script_args.lora_r == 8 and script_args.use_lora is True
     assert training_args.learning_rate == 3e-4  # the flag wins over the YAML
@@ -139,15 +143,15 @@ def test_readme_yaml_example_parses(tmp_path):
     (block,) = re.findall(r"```yaml\n(.*?)```", section, flags=re.DOTALL)
     config = tmp_path / "run.yaml"
     config.write_text(block)
-    script_args, training_args = cli.parse_train_arguments(["--config", str(config)])
+    script_args, training_args = train_command.parse_train_arguments(["--config", str(config)])
     assert script_args.model_name_or_path == "default" and training_args.loss_components()[0][0] == "dpo"
 
 
 def test_unknown_yaml_keys_are_rejected(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("learning_rat: 1.0e-4\n")
-    with pytest.raises(cli.UserError, match="learning_rat"):
-        cli.parse_train_arguments(["--config", str(config)])
+    with pytest.raises(common.UserError, match="learning_rat"):
+        train_command.parse_train_arguments(["--config", str(config)])
 
 
 def test_preference_metrics_by_hand():
@@ -221,7 +225,7 @@ def _short_prompts(tmp_path):
 @pytest.mark.slow
 def test_annotate_command_writes_scored_rows_with_the_task_reward(tmp_path, checkpoint, capsys):
     output = tmp_path / "pairs.jsonl"
-    report = cli.annotate(["--prompts", str(_short_prompts(tmp_path)), "--task", "arithmetic", "--output", str(output),
+    report = annotate_command.run(["--prompts", str(_short_prompts(tmp_path)), "--task", "arithmetic", "--output", str(output),
                            "--model", str(checkpoint), "--n", "3", "--max-new-tokens", "4"])
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert report["prompts"] == 3 and report["samples"] == 9 and len(rows) == report["rows"]
@@ -238,7 +242,7 @@ def test_annotate_command_cdr_with_an_adapter_over_its_base(tmp_path, checkpoint
     lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
     get_peft_model(base, lora).save_pretrained(adapter)
     output = tmp_path / "ranked.jsonl"
-    report = cli.annotate(["--prompts", str(_short_prompts(tmp_path)), "--reward", "cdr", "--adapter", str(adapter),
+    report = annotate_command.run(["--prompts", str(_short_prompts(tmp_path)), "--reward", "cdr", "--adapter", str(adapter),
                            "--model", str(checkpoint), "--output", str(output), "--n", "3", "--max-new-tokens", "4",
                            "--pairing", "ranked", "--system-prompt", "Answer with a number."])
     rows = [json.loads(line) for line in output.read_text().splitlines()]
@@ -247,8 +251,8 @@ def test_annotate_command_cdr_with_an_adapter_over_its_base(tmp_path, checkpoint
 
 
 def test_annotate_command_refuses_cdr_without_a_strong_weak_pair(tmp_path, checkpoint):
-    with pytest.raises(cli.UserError, match="--adapter"):
-        cli.annotate(["--prompts", str(_short_prompts(tmp_path)), "--reward", "cdr", "--model", str(checkpoint),
+    with pytest.raises(common.UserError, match="--adapter"):
+        annotate_command.run(["--prompts", str(_short_prompts(tmp_path)), "--reward", "cdr", "--model", str(checkpoint),
                       "--output", str(tmp_path / "x.jsonl")])
 # --- help and noise -------------------------------------------------------------------------------
 
@@ -271,8 +275,8 @@ def test_train_help_shows_prefopt_options_then_the_common_training_ones(capsys):
 
     from prefopt.config import PrefOptConfig
 
-    prefopt_options = [f"--{f.name}" for f in fields(cli.ScriptArguments)] + [f"--{n}" for n in PrefOptConfig.__annotations__]
-    common = [f"--{name}" for name in cli.COMMON_TRAINING_OPTIONS]
+    prefopt_options = [f"--{f.name}" for f in fields(train_command.ScriptArguments)] + [f"--{n}" for n in PrefOptConfig.__annotations__]
+    common = [f"--{name}" for name in train_command.COMMON_TRAINING_OPTIONS]
     shown = [option for option in options if not option.startswith("--no_")]
     assert shown == ["--config", "--help-all", *dict.fromkeys([*prefopt_options, *common])]  # each option once
     assert "--fsdp" not in options and "prefopt train --help-all" in text
@@ -283,12 +287,12 @@ def test_train_help_all_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help-all"])
     text = capsys.readouterr().out
-    for action in cli._parser()._actions:
+    for action in train_command._parser()._actions:
         assert action.option_strings[0] in text
 
 
 def test_negative_flags_say_what_they_do(capsys):
-    parser = cli._parser()
+    parser = train_command._parser()
     (no_lora,) = [action for action in parser._actions if "--no_use_lora" in action.option_strings]
     assert no_lora.help.startswith("Turn use_lora off") and "Train a LoRA" not in no_lora.help
     with pytest.raises(SystemExit):
@@ -296,7 +300,21 @@ def test_negative_flags_say_what_they_do(capsys):
     text = capsys.readouterr().out
     block = text[text.index("--no_use_lora") :].split("\n  --")[0]
     assert "(default: False)" not in block
-    script_args, _ = cli.parse_train_arguments(["--no_use_lora", "--report_to", "none"])
+    script_args, _ = train_command.parse_train_arguments(["--no_use_lora", "--report_to", "none"])
     assert script_args.use_lora is False
-    script_args, training_args = cli.parse_train_arguments(["--report_to", "none"])
+    script_args, training_args = train_command.parse_train_arguments(["--report_to", "none"])
     assert script_args.use_lora is True and training_args.output_dir == "outputs/train"
+
+
+def test_every_command_is_one_module_in_the_table():
+    """A command is one file with run(argv), and one row of the command table (its module and a one-line summary,
+    shown by `prefopt --help`)."""
+    import importlib
+    import pkgutil
+
+    import prefopt.cli
+
+    modules = {info.name for info in pkgutil.iter_modules(prefopt.cli.__path__)} - {"main", "common"}
+    assert {module for module, _ in cli.COMMANDS.values()} == {f"prefopt.cli.{name}" for name in modules}
+    for name, (module_name, summary) in cli.COMMANDS.items():
+        assert callable(importlib.import_module(module_name).run) and summary and "\n" not in summary, name

@@ -7,7 +7,9 @@ import sys
 import pytest
 
 from helpers_models import save_tiny_checkpoint
+from prefopt.cli import common
 from prefopt.cli import main as cli
+from prefopt.cli import train as train_command
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +71,8 @@ def test_debug_shows_the_traceback_and_still_exits_2(capsys):
 
 
 def test_debug_with_a_value_stays_the_training_option():
-    assert cli._take_debug_flag(["train", "--debug", "underflow_overflow"]) == (["train", "--debug", "underflow_overflow"], False)
-    assert cli._take_debug_flag(["--debug", "train", "--debug", "--loss", "dpo"]) == (["train", "--loss", "dpo"], True)
+    assert common.take_debug_flag(["train", "--debug", "underflow_overflow"]) == (["train", "--debug", "underflow_overflow"], False)
+    assert common.take_debug_flag(["--debug", "train", "--debug", "--loss", "dpo"]) == (["train", "--loss", "dpo"], True)
 
 
 def test_invalid_rows_name_the_row_on_the_command_line(capsys, tmp_path, pairs_file):
@@ -96,15 +98,15 @@ def test_the_real_command_exits_2_without_a_traceback(tmp_path):
     ],
 )
 def test_column_map_forms(text, expected):
-    assert cli.parse_column_map(text) == expected
+    assert train_command.parse_column_map(text) == expected
 
 
 def test_default_output_dir_is_used_and_a_flag_or_yaml_overrides_it(tmp_path):
-    assert cli.parse_train_arguments([])[1].output_dir == cli.DEFAULT_OUTPUT_DIR == "outputs/train"
-    assert cli.parse_train_arguments(["--output_dir", "elsewhere"])[1].output_dir == "elsewhere"
+    assert train_command.parse_train_arguments([])[1].output_dir == train_command.DEFAULT_OUTPUT_DIR == "outputs/train"
+    assert train_command.parse_train_arguments(["--output_dir", "elsewhere"])[1].output_dir == "elsewhere"
     config = tmp_path / "run.yaml"
     config.write_text("output_dir: from/yaml\ncolumn_map:\n  question: prompt\n")
-    script_args, training_args = cli.parse_train_arguments(["--config", str(config)])
+    script_args, training_args = train_command.parse_train_arguments(["--config", str(config)])
     assert training_args.output_dir == "from/yaml"
 
 

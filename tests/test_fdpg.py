@@ -271,8 +271,8 @@ def test_fdpg_command_trains_a_lora_adapter_and_prints_the_metrics(tmp_path, tar
 
 
 def test_fdpg_command_refuses_an_unknown_constraint(tmp_path):
-    from prefopt.cli.main import UserError
-    from prefopt.methods.fdpg.trainer import main
+    from prefopt.cli.common import UserError
+    from prefopt.cli.fdpg import run as main
 
     with pytest.raises(UserError, match="'task' or 'regex:PATTERN'"):
         main(["--target", "constraint", "--constraint", "contains good", "--prompts", "arithmetic"])

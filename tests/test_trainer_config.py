@@ -72,7 +72,7 @@ def test_command_line_beta_is_explicit_only_when_given(argv, expected):
 @pytest.mark.parametrize("yaml_text, expected", [("loss: simpo\n", 2.0), ("loss: simpo\nbeta: 0.1\n", 0.1)],
                          ids=["unset", "set"])
 def test_yaml_beta_is_explicit_only_when_given(tmp_path, yaml_text, expected):
-    from prefopt.cli.main import parse_train_arguments
+    from prefopt.cli.train import parse_train_arguments
 
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml_text)

@@ -15,7 +15,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from prefopt.cli.main import ModelArguments, UserError, _read_prompts, load_model_and_lora, parse_config_and_flags
+from transformers import HfArgumentParser
+
+from prefopt.cli.common import ModelArguments, UserError, load_model_and_lora, parse_config_and_flags
+from prefopt.config import PrefOptConfig
+from prefopt.data import get_task, list_tasks
+from prefopt.data.prompts import read_prompts
+from prefopt.online.rewards import FunctionReward
+from prefopt.online.rounds import OnlineConfig, train_online
 
 
 @dataclass
@@ -40,11 +47,6 @@ class OnlineArguments(ModelArguments):
 
 
 def _parser():
-    from transformers import HfArgumentParser
-
-    from prefopt.config import PrefOptConfig
-    from prefopt.online.rounds import OnlineConfig
-
     parser = HfArgumentParser(
         (OnlineArguments, OnlineConfig, PrefOptConfig),
         prog="prefopt online",
@@ -62,20 +64,16 @@ def parse_online_arguments(argv: Sequence[str]):
     return parse_config_and_flags(_parser(), argv)
 
 
-def main(argv: Sequence[str]) -> dict:
+def run(argv: Sequence[str]) -> dict:
     """Run ``prefopt online``; returns (and prints) the per-round history."""
-    from prefopt.data import get_task, list_tasks
-    from prefopt.online.rounds import train_online
-    from prefopt.online.rewards import FunctionReward
-
     script_args, online_config, training_args = parse_online_arguments(argv)
     task = script_args.task or (script_args.prompts if script_args.prompts in list_tasks() else None)
     if task not in list_tasks():
         raise UserError(f"--task must name the bundled task whose reward ranks samples ({', '.join(list_tasks())})")
-    prompts = _read_prompts(script_args.prompts)[: script_args.num_prompts]
+    prompts = read_prompts(script_args.prompts)[: script_args.num_prompts]
     eval_prompts = None
     if script_args.eval_prompts:
-        eval_prompts = _read_prompts(script_args.eval_prompts)[: script_args.num_eval_prompts]
+        eval_prompts = read_prompts(script_args.eval_prompts)[: script_args.num_eval_prompts]
     model, tokenizer, lora = load_model_and_lora(script_args, training_args)
     result = train_online(
         model, tokenizer, prompts, loss=training_args.loss, reward=FunctionReward(get_task(task).reward),

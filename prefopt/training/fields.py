@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -81,7 +81,7 @@ class FieldContext:
     score: Callable[..., SequenceLogProbs]
     reference: Reference
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-    policy: Any = field(default=None)
+    policy: Any = None
 
     def policy_logps(self, batch: Mapping[str, Any], response_index: torch.Tensor | None = None) -> torch.Tensor:
         """Sequence log-probs [N] of ``batch`` under the policy, with gradient (inside the training step)."""

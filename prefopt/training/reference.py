@@ -36,8 +36,8 @@ from accelerate.utils import extract_model_from_parallel, is_peft_model
 from torch.utils.data import DataLoader
 
 from prefopt._quiet import activation_checkpointing_disabled
-from prefopt.training import reference_cache
 from prefopt.logprobs import as_matrix
+from prefopt.training import reference_cache
 
 logger = logging.getLogger(__name__)
 

@@ -32,19 +32,19 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import get_config_model_id
 
-from prefopt.training import reference
-from prefopt.training.nonfinite import NonFiniteError, NonFiniteGuard, check_inputs, check_losses
-from prefopt.training.oom import advise_on_out_of_memory
-from prefopt._quiet import activation_checkpointing_disabled, renamed_checkpointing_warnings_ignored
-from prefopt.training.batching import PreferencePreparation
-from prefopt.training.rows import PreferenceRows, first_row, is_kwise_example
-from prefopt.training.state import BindsTrainer, LossState
+from prefopt._quiet import renamed_checkpointing_warnings_ignored
 from prefopt.config import PrefOptConfig
-from prefopt.training.fields import STEP_FIELDS, FieldContext, FieldProvider, FieldSet
-from prefopt.training.forward import Forward
-from prefopt.training.metrics import StepMetrics, UnfinishedDataloaders
 from prefopt.logprobs import SequenceLogProbs, model_inputs
 from prefopt.losses import LogProbs, combine_losses
+from prefopt.training import reference
+from prefopt.training.batching import PreferencePreparation
+from prefopt.training.fields import FieldContext, FieldProvider, FieldSet
+from prefopt.training.forward import Forward
+from prefopt.training.metrics import StepMetrics, UnfinishedDataloaders
+from prefopt.training.nonfinite import NonFiniteError, NonFiniteGuard, check_inputs, check_losses
+from prefopt.training.oom import advise_on_out_of_memory
+from prefopt.training.rows import PreferenceRows, first_row, is_kwise_example
+from prefopt.training.state import BindsTrainer, LossState
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,6 @@ class Trainer(DPOTrainer):
             eval_dataset = {key: self.rows.check_every_row(value, f"eval {key!r}") for key, value in eval_dataset.items()}
         elif eval_dataset is not None:
             eval_dataset = self.rows.check_every_row(eval_dataset, "eval")
-        needs_reference = self.preference_loss.needs_reference
         self.reference_cache = reference.ReferenceCache(args.ref_logps_cache_dir)  # precompute_ref_log_probs' store
         self.nonfinite = NonFiniteGuard(args)  # on_nonfinite: raise, stop or skip (prefopt.training.nonfinite)
         self.preparation = self.preparation_class(self.fields)  # tokenising, drop and truncation counts, columns
