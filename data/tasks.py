@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .loading import load_preferences
+
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 MANIFEST = "manifest.json"
 FORMS = {"pairwise": "trl", "kwise": "ranked", "noisy": "trl"}  # form -> load_preferences format
@@ -455,8 +457,6 @@ class Task:
     def load(self, form: str = "pairwise", split: str | None = None, directory: Path | str | None = None):
         """The bundled data: form "pairwise", "kwise" (4 completions best first, rewards as scores)
         or "noisy" (pairwise train with flipped labels); a DatasetDict, or one split's Dataset."""
-        from .loading import load_preferences
-
         splits = self.manifest(directory)["files"][form]
         if split is not None and split not in splits:
             raise ValueError(f"task {self.name!r} has no {form!r} split {split!r}; it has {list(splits)}")

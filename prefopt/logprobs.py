@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
+from prefopt._progress import progress_bar
 from prefopt.chat import is_conversational
 
 # Keys of a collated batch that are not model inputs (prefixed `field_` keys are never model inputs either).
@@ -154,8 +155,6 @@ def score(
     A prompt + response longer than ``max_length`` raises (naming the row) instead of being cut.
     A progress bar (``desc``, rows scored, cleared when done) shows on a terminal or in a notebook; ``progress=False`` or ``PREFOPT_DISABLE_PROGRESS_BARS=1`` keeps it quiet.
     """
-    from prefopt._progress import progress_bar
-
     if len(prompts) != len(responses):
         raise ValueError(f"score: {len(prompts)} prompts but {len(responses)} responses")
     sequences = []

@@ -15,6 +15,8 @@ Held-out metrics, on the test split (never trained on):
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -23,6 +25,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from transformers import set_seed
+
+from prefopt.config import PrefOptConfig
+from prefopt.data import get_task
+from prefopt.data.evaluation import preference_accuracy
+from prefopt.logprobs import score
+from prefopt.losses import get_loss, list_losses
+from prefopt.models import default_lora_config, default_model
+from prefopt.training.fields import servable_fields
+from prefopt.training.trainer import Trainer
 
 # Settings, tuned for about 3-5 minutes on 2 CPU cores (float32, LoRA on every linear layer).
 TASK = "arithmetic"  # prefopt.data's bundled task; its test split is held out
@@ -43,8 +55,6 @@ def sequence_logps(
 ) -> dict[str, torch.Tensor]:
     """Summed response log-probs and response lengths, ``{"chosen": [N], "rejected": [N], "*_tokens": [N]}``,
     by `prefopt.logprobs.score` (the trainer's routine and tokenisation)."""
-    from prefopt.logprobs import score
-
     prompts = [row["prompt"] for row in rows for _ in ("chosen", "rejected")]
     responses = [row[key] for row in rows for key in ("chosen", "rejected")]
     result = score(model, tokenizer, prompts, responses, batch_size=batch_size, desc=desc)  # a progress bar on a terminal
@@ -54,8 +64,6 @@ def sequence_logps(
 
 def preference_metrics(policy: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], beta: float = BETA) -> dict[str, float]:
     """Held-out preference metrics from `sequence_logps` of the policy and the reference (module docstring)."""
-    from prefopt.data.evaluation import preference_accuracy
-
     rewards = preference_accuracy(beta * (policy["chosen"] - reference["chosen"]), beta * (policy["rejected"] - reference["rejected"]))
     logps = preference_accuracy(policy["chosen"], policy["rejected"])
     per_token = preference_accuracy(policy["chosen"] / policy["chosen_tokens"], policy["rejected"] / policy["rejected_tokens"])
@@ -70,8 +78,6 @@ def preference_metrics(policy: dict[str, torch.Tensor], reference: dict[str, tor
 
 
 def _library_versions() -> dict[str, str]:
-    import importlib.metadata
-
     versions = {}
     for package in ("torch", "transformers", "trl", "peft", "prefopt"):
         try:
@@ -99,10 +105,6 @@ def _table(before: dict[str, float], after: dict[str, float]) -> str:
 def trainable_losses(task: str = TASK) -> list[str]:
     """Registered losses the main job can train on the task's pairwise rows: K = 2 allowed, and every
     field they need has a field provider that can fill it from those rows."""
-    from prefopt.data import get_task
-    from prefopt.losses import get_loss, list_losses
-    from prefopt.training.fields import servable_fields
-
     first_row = get_task(task).load("pairwise", split="train")[0]
     servable = servable_fields(first_row)
     return [
@@ -113,8 +115,6 @@ def trainable_losses(task: str = TASK) -> list[str]:
 
 
 def _parse(argv: Sequence[str] | None):
-    import argparse
-
     parser = argparse.ArgumentParser(prog="prefopt main", description=__doc__.splitlines()[0])
     parser.add_argument("--loss", default=LOSS, choices=trainable_losses(), help="registered loss to train with")
     parser.add_argument("--task", default=TASK, help="bundled task (prefopt.data.list_tasks())")
@@ -134,13 +134,6 @@ def _parse(argv: Sequence[str] | None):
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the main job; returns what it writes to ``metrics.json``."""
     options = _parse(argv)
-    from transformers import set_seed
-
-    from prefopt import PrefOptConfig, Trainer
-    from prefopt.data import get_task
-    from prefopt.losses import get_loss
-    from prefopt.models import default_lora_config, default_model
-
     started = time.time()
     set_seed(options.seed)
     output_dir = Path(options.output_dir)

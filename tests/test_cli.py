@@ -198,7 +198,7 @@ def test_train_command_runs_on_a_tiny_model_and_a_jsonl_file(tmp_path, checkpoin
 
 @pytest.mark.slow
 def test_main_job_writes_metrics_and_adapter(tmp_path, checkpoint, monkeypatch):
-    monkeypatch.setattr(models, "default_model", lambda **kwargs: models.load_model(checkpoint, **kwargs))
+    monkeypatch.setattr(main_job, "default_model", lambda **kwargs: models.load_model(checkpoint, **kwargs))
     result = main_job.main(["--output-dir", str(tmp_path), "--max-steps", "2", "--batch-size", "2", "--num-test-pairs", "4"])
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["before"] == result["before"] and written["after"]["num_pairs"] == 4

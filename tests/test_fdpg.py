@@ -9,7 +9,8 @@ from transformers import TrainerCallback
 
 from helpers_trainer import config_kwargs, make_model, make_tokenizer
 from prefopt import PrefOptConfig
-from prefopt.methods.fdpg.trainer import FDPGState, LogPartitionEstimate, distinct_n
+from prefopt.methods.fdpg.state import FDPGState, LogPartitionEstimate
+from prefopt.methods.fdpg.trainer import distinct_n
 from prefopt.losses.fdpg import pointwise_divergence, pseudo_reward
 from prefopt.online import FDPGTrainer
 from prefopt.rewards import FunctionReward

@@ -14,7 +14,7 @@ from helpers_trainer import config_kwargs
 from prefopt import PrefOptConfig, Trainer
 from prefopt.losses import LogProbs
 from prefopt.chat import Thinking
-from prefopt.methods.bvpo.auto_alpha import AutoAlphaCallback, auto_alpha
+from prefopt.methods.bvpo.alpha import AutoAlphaCallback, auto_alpha
 from prefopt.training.fields import EmptyTraceField
 
 EMPTY = "<think>\n\n</think>\n\n"

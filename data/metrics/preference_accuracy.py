@@ -38,6 +38,7 @@ class PreferenceAccuracy(evaluate.Metric):
 
     def _compute(self, chosen_rewards, rejected_rewards):
         # the trainer's `rewards/accuracies` and the main job's held-out table use the same function
+        # evaluate loads this file as a module of its own: prefopt is imported when the metric computes
         from prefopt.data.evaluation import preference_accuracy
 
         return preference_accuracy(chosen_rewards, rejected_rewards)

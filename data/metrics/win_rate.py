@@ -44,6 +44,7 @@ class WinRate(evaluate.Metric):
         if (reward_fn is None) == (task is None):
             raise ValueError("win_rate needs exactly one of reward_fn= (a callable) or task= (a prefopt task name)")
         if task is not None:
+            # evaluate loads this file as a module of its own: prefopt is imported when the metric computes
             from prefopt.data.tasks import get_task
 
             reward_fn = get_task(task).reward
@@ -52,7 +53,7 @@ class WinRate(evaluate.Metric):
             raise ValueError("win_rate needs at least one prompt")
         predicted = [float(reward_fn(p, r)) for p, r in zip(prompts, predictions)]
         baseline = [float(reward_fn(p, r)) for p, r in zip(prompts, references)]
-        from prefopt.data.evaluation import win_rate
+        from prefopt.data.evaluation import win_rate  # (as above: evaluate loads this file on its own)
 
         outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(predicted, baseline)]
         statistic = win_rate(outcomes)

@@ -47,6 +47,8 @@ from accelerate.utils import is_peft_model
 from transformers import PreTrainedModel
 from trl.kernels import ChunkedLogProbFunction
 
+from prefopt.logprobs import token_logps
+
 # Attention implementations that apply a caller-given 4D mask as is. FlashAttention kernels take no
 # arbitrary mask (they would silently let responses see each other), so they are refused.
 MASKABLE_ATTENTION = ("eager", "sdpa")
@@ -296,8 +298,6 @@ def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def plain_forward_logps(model, inputs: dict) -> torch.Tensor:
     """Per-token log-probs [N, L-1] of the plain layout: `prefopt.logprobs.token_logps` with TRL's fused head,
     what the packed path is checked against."""
-    from prefopt.logprobs import token_logps
-
     return token_logps(model, inputs, fused_lm_head=True)[0]
 
 

@@ -5,16 +5,21 @@
                       train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
 
-Everything TRL does before the loss (model loading, PEFT wrapping, tokenisation, collation, logging,
-saving) is TRL's. This class replaces only the loss step: it computes the sequence log-probs of every
-response under the policy (and the reference when a loss needs one), fills a `LogProbs` batch from
-the table below, and calls the registered loss. It never looks at a loss's name; it reads the spec.
+Everything TRL does around the loss (model loading, PEFT wrapping, the optimizer loop, logging, saving) is
+TRL's. Each hook this class overrides hands off, in a few lines, to a collaborator of `prefopt.training` that
+owns its state:
 
-Which `LogProbs` fields can be filled, and from where, is decided by field providers
-(`prefopt.training.fields`): the step computes `policy`, `lengths` and `mask`; the reference, dataset columns
-(`scores`, `previous`) and anything a method plugs in (`field_providers=[...]`) come from providers.
-Running loss state (BCO's reward mean, a refreshed reference, ...) lives in callbacks that save it
-with every checkpoint and restore it on `resume_from_checkpoint` (`prefopt.callbacks.StatefulCallback`).
+* `rows` (`rows.PreferenceRows`): can these rows feed this loss, with errors naming the rows;
+* `preparation` (`batching.PreferencePreparation`): tokenising, counts of dropped and truncated rows, the collator;
+* `reference` (`reference.Reference`) and `reference_cache`: which model is pi_ref, its precomputed log-probs;
+* `forward` (`forward.Forward`): the one scoring routine (packed or plain, ``ld_alpha``) for every field;
+* `fields` (`fields.FieldSet`) with its `field_context`: which provider fills each `LogProbs` field;
+* `loss_state` (`state.LossState`): running loss state of callbacks, per-step hyper-parameters, checkpoints;
+* `nonfinite` (`nonfinite.NonFiniteGuard`): what a NaN or inf does (on_nonfinite);
+* `metrics` (`metrics.StepMetrics`): TRL's metric names every step.
+
+The loss step itself (`_compute_loss`) puts a batch's fields together, checks them, calls the registered
+loss through its spec and records the metrics; it never looks at a loss's name.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from prefopt.training.nonfinite import NonFiniteError, NonFiniteGuard, check_inp
 from prefopt.training.oom import advise_on_out_of_memory
 from prefopt.training.rows import PreferenceRows, first_row, is_kwise_example
 from prefopt.training.state import BindsTrainer, LossState
+from prefopt.training.summary import training_summary
 
 logger = logging.getLogger(__name__)
 
@@ -209,8 +215,6 @@ class Trainer(DPOTrainer):
 
     def summary(self):
         """Held-out metrics, dropped / truncated rows and timing as a small table (see `prefopt.training.summary`)."""
-        from prefopt.training.summary import training_summary
-
         return training_summary(self)
 
     def _settle_reference(self) -> reference.Reference:

@@ -1,6 +1,6 @@
 """BVPO (Zhu et al. 2025): reasoning traces and their empty-trace view. A face (`prefopt._lazy`).
 
-`annotation` builds the two views' rows; `auto_alpha` estimates the mixing weight every step. The thinking
+`annotation` builds the two views' rows; `alpha` estimates their mixing weight every step (``alpha="auto"``). The thinking
 format (`prefopt.chat.Thinking`) and the empty-trace field provider (`prefopt.training.fields.EmptyTraceField`)
 live where their lowest users can reach them.
 """
@@ -8,8 +8,8 @@ live where their lowest users can reach them.
 from prefopt._lazy import lazy_face
 
 _TABLE = {
-    "AutoAlphaCallback": "prefopt.methods.bvpo.auto_alpha",
-    "auto_alpha": "prefopt.methods.bvpo.auto_alpha",
+    "AutoAlphaCallback": "prefopt.methods.bvpo.alpha",
+    "auto_alpha": "prefopt.methods.bvpo.alpha",
     "annotate_views": "prefopt.methods.bvpo.annotation",
     "EmptyTraceField": "prefopt.training.fields",
     "Thinking": "prefopt.chat",

@@ -4,8 +4,8 @@ from prefopt._lazy import lazy_face
 
 _TABLE = {
     "FDPGTrainer": "prefopt.methods.fdpg.trainer",
-    "FDPGState": "prefopt.methods.fdpg.trainer",
-    "LogPartitionEstimate": "prefopt.methods.fdpg.trainer",
+    "FDPGState": "prefopt.methods.fdpg.state",
+    "LogPartitionEstimate": "prefopt.methods.fdpg.state",
     "distinct_n": "prefopt.methods.fdpg.trainer",
 }
 __getattr__, __dir__ = lazy_face(__name__, _TABLE)
