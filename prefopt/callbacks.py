@@ -19,6 +19,8 @@ Running state lives with its owner and is checkpointed (`StatefulCallback`, `Los
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import torch
@@ -361,13 +363,13 @@ class SampleTableCallback(StatefulCallback):
         data = [[row.get(column) for column in self.columns] for row in self.rows]
         for tracker in self.report_to or []:
             if tracker == "wandb":
-                import wandb
+                import wandb  # optional: imported only when a run reports to it
 
                 if wandb.run is not None:
                     wandb.run.log({self.table_name: wandb.Table(columns=self.columns, data=data)})
                     destinations.append("wandb")
             elif tracker == "trackio":
-                import trackio
+                import trackio  # optional: imported only when a run reports to it
 
                 trackio.log({self.table_name: trackio.Table(columns=self.columns, data=data)})
                 destinations.append("trackio")
@@ -377,9 +379,6 @@ class SampleTableCallback(StatefulCallback):
                     writer.add_text(self.table_name, _markdown_table(self.columns, data), step)
                     destinations.append("tensorboard")
         if self.jsonl_path is not None or not destinations:
-            import json
-            import os
-
             path = self.jsonl_path or os.path.join(self.trainer.args.output_dir, f"{self.table_name}.jsonl")
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             with open(path, "a", encoding="utf-8") as file:

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Sequence
 
+from peft import PeftModel
+
 from prefopt.cli.common import UserError
 from prefopt.data import get_task, list_tasks
 from prefopt.data.prompts import read_prompts
@@ -58,8 +60,6 @@ def run(argv: Sequence[str]) -> dict:
     path = default_model_path() if options.model == "default" else options.model
     policy, tokenizer = load_model(path, quantization=options.quantization)
     if options.adapter:
-        from peft import PeftModel
-
         policy = PeftModel.from_pretrained(policy, options.adapter)
     if options.reward == "task":
         task = options.task or options.prompts

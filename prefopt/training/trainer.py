@@ -55,7 +55,6 @@ from prefopt.training.summary import training_summary
 logger = logging.getLogger(__name__)
 
 
-
 def _drop_trl_padding_free_warning(record: logging.LogRecord) -> bool:
     return "padding_free=True` is temporarily unavailable" not in record.getMessage()
 
@@ -82,7 +81,9 @@ class Trainer(DPOTrainer):
     building blocks: `ld_alpha` (`prefopt.losses.length_desensitized_logps`), `use_weighting`
     (`LogProbs.weights` from `prefopt.losses.wpo_weights`) and `f_divergence_type` (`prefopt.losses.f_divergence`,
     applied by `combine_losses` to every loss registered with `log_ratio_form=True`).
-    Callbacks that define `bind_trainer(trainer)` are given the trainer after construction.
+    Callbacks that define `bind_trainer(trainer)` (`prefopt.training.state.BindsTrainer`) are given the trainer
+    after construction. `ref_model` may also be a `prefopt.training.reference.Reference` (e.g. the adapter-disabled
+    base of a PEFT policy, as the round loop asks for).
 
     prefopt's one extra argument, `field_providers`, adds or replaces `prefopt.training.fields.FieldProvider`s
     (which LogProbs fields can be filled and from where), so a method can feed its loss without a
