@@ -26,15 +26,16 @@ log-probs agree; any failure keeps that model on the plain path, logged once wit
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from accelerate.utils import extract_model_from_parallel, is_peft_model
 
 from prefopt.logprobs import SequenceLogProbs, token_logps
 from prefopt.losses import length_desensitized_logps
-from prefopt.training import packing
+from prefopt.training import packing, packing_check
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +51,13 @@ class Forward:
             tokens past the example's shortest response; None: the plain sum) and ``use_weighting`` (WPO: the
             policy's pass also computes ``log_sum_sq_probs``).
         pad_token_id: the padding id of packed rows.
+        autocast: a context-manager factory for the run's mixed precision (the Trainer sets its accelerator's
+            ``autocast``). The plain pass calls the model, whose forward the accelerator wraps in autocast; the packed
+            pass calls the backbone and the head directly, so it enters the same autocast itself.
     """
 
-    def __init__(self, args, pad_token_id: int = 0):
-        self.args, self.pad_token_id = args, pad_token_id
+    def __init__(self, args, pad_token_id: int = 0, autocast: Callable[[], Any] = contextlib.nullcontext):
+        self.args, self.pad_token_id, self.autocast = args, pad_token_id, autocast
         self.fallback_reason: str | None = None  # why the last score used the plain layout, if it did
         self.last_layout: packing.PackedLayout | None = None  # the packed layout of the last batch packed
         self._layout_key: tuple | None = None  # (input_ids tensor, switches) the last layout was built for
@@ -64,6 +68,7 @@ class Forward:
         self._logged: set[tuple[int, str]] = set()  # fallbacks already logged
         self._attention_costs: dict[int, float] = {}  # id(model) -> packing.attention_cost
         self._fused: set[int] = set()  # ids of the causal LMs that carry TRL's fused LM head
+        self._twins: dict[int, Any] = {}  # id(model) -> its float32 twin (`packing_check.float32_twin`), built once
 
     @property
     def metric_outputs(self) -> tuple[str, ...]:
@@ -85,7 +90,8 @@ class Forward:
         shifted_mask = batch["completion_mask"][..., 1:]
         layout = self._packed_layout(model, batch, model_kwargs)
         if layout is not None:
-            result = packing.packed_forward(model, layout, outputs=tuple(dict.fromkeys(("log_probs", *outputs))))
+            with self.autocast():
+                result = packing.packed_forward(model, layout, outputs=tuple(dict.fromkeys(("log_probs", *outputs))))
             per_token = result.log_probs[:, -shifted_mask.size(1) :]
         else:
             self._ensure_fused_head(model, outputs)
@@ -118,9 +124,8 @@ class Forward:
 
     def _packed_layout(self, model, batch, extra_kwargs) -> packing.PackedLayout | None:
         """The packed layout of ``batch`` for ``model``, or None (reason in `fallback_reason`) when packing is
-        switched off or cannot serve this model or batch. A model is verified once per mask kind: its packed
-        per-token log-probs on the first batch of that kind must equal the plain ones (`packing.mismatch_reason`);
-        a mismatch turns packing off for the model."""
+        switched off or cannot serve this model or batch. A model is verified once per mask kind
+        (`packing_check.verify` on the first batch of that kind); a mismatch turns packing off for the model."""
         self.fallback_reason = None
         if not (self.args.prefix_sharing or self.args.padding_free):
             return None
@@ -175,14 +180,14 @@ class Forward:
         return layout
 
     def _verify(self, model, batch, layout) -> str | None:
+        """`packing_check.verify` on the first batch of a mask kind: in float32 where equality is meaningful, and
+        in the training precision against the plain path's own noise."""
         was_training = model.training
         model.eval()  # dropout would make the two passes differ
         try:
-            with torch.no_grad():
-                packed = packing.packed_forward(model, layout).log_probs
+            with torch.no_grad(), self.autocast():
                 self._ensure_fused_head(model, LOG_PROBS_ONLY)
-                plain, _ = token_logps(model, batch, fused_lm_head=True)
-            return packing.mismatch_reason(packed, plain, batch["completion_mask"])
+                return packing_check.verify(model, batch, layout, twins=self._twins)
         except torch.OutOfMemoryError:
             raise  # not a property of the layout: the plain pass would run out too (training_step adds advice)
         except Exception as error:  # noqa: BLE001 - any other failure of the packed pass means: use the plain one

@@ -32,8 +32,8 @@ without Triton, e.g. CPU). The per-token results are scattered back to TRL's [N,
 trainer's log-prob sums and metrics read them unchanged.
 
 Whether a model can take the custom mask is decided by `unsupported_reason` (static checks) and, once
-per model and mask kind (block mask, or `PackedLayout.one_sequence_per_row`), by comparing packed and plain
-log-probs on a real batch (`Trainer` does this); where either
+per model and mask kind (block mask, or `PackedLayout.one_sequence_per_row`), by `prefopt.training.packing_check`
+on a real batch (exact in float32, against the plain path's own noise in lower precision); where either
 fails the trainer logs the reason and uses the plain path.
 """
 
@@ -299,19 +299,3 @@ def plain_forward_logps(model, inputs: dict) -> torch.Tensor:
     """Per-token log-probs [N, L-1] of the plain layout: `prefopt.logprobs.token_logps` with TRL's fused head,
     what the packed path is checked against."""
     return token_logps(model, inputs, fused_lm_head=True)[0]
-
-
-def mismatch_reason(packed: torch.Tensor, plain: torch.Tensor, completion_mask: torch.Tensor) -> str | None:
-    """Why packed per-token log-probs disagree with the plain ones beyond rounding, or None when they agree.
-
-    Tolerance per scored token: 1e-3 nats in float32/float64, 5e-2 in half precision (an attention that
-    ignored the mask, letting a response see its sibling, moves trained models' log-probs by far more)."""
-    scored = completion_mask[:, 1:].bool()
-    difference = (packed.float() - plain.float()).abs()[scored]
-    if difference.numel() == 0:
-        return None
-    tolerance = 5e-2 if plain.dtype in (torch.float16, torch.bfloat16) else 1e-3
-    worst = difference.max().item()
-    if not worst <= tolerance:  # also catches NaN
-        return f"packed and plain per-token log-probs differ by up to {worst:.3g} nats (tolerance {tolerance})"
-    return None

@@ -181,6 +181,7 @@ class Trainer(DPOTrainer):
             )
         finally:
             trl_logger.removeFilter(_drop_trl_padding_free_warning)
+        self.forward.autocast = self.accelerator.autocast  # the packed pass calls the backbone, not the wrapped forward
         self._settle_reference()
         self._eval_prefix = "eval"
         first_hyperparameters = self.loss_hyperparameters[self.preference_loss.names[0]]
