@@ -14,12 +14,17 @@ Configurations per setting (prompt tokens / response tokens):
   prefopt             prefopt.Trainer with its defaults (prefix sharing)
   prefopt_padfree     + padding_free=True
   prefopt_plain       prefix_sharing=False: TRL's layout through prefopt (should match trl)
+  prefopt_cached      + precompute_ref_log_probs=True: the reference's log-probs computed once (while the trainer is
+                      built, outside the timed steps, as ANCHORS.md times TRL's precompute) and cached, so a step
+                      is the policy's forward and backward alone
   prefopt_k4          K=4 rankings (plackett_luce), same number of prompts per step: the cost of a
                       ranking step relative to a pair step (`k4_over_pair`)
 
 Modes:
-  cpu     the default model (prefopt.default_model(), SmolLM2-135M-Instruct), float32, 400/200, 2 pairs/step
-  tiny    a tiny Llama built from a config, float32, all settings (a quick check of the whole pipeline)
+  cpu     the default model (prefopt.default_model(), SmolLM2-135M-Instruct), 400/200, 2 pairs/step, in float32 and
+          in bf16 (bfloat16 weights and bf16=True autocast, as LoRA is trained on a GPU; TRL in the same precision)
+  tiny    a tiny Llama built from a config, float32 and bf16 (weights and autocast), all settings (a quick check of
+          the whole pipeline)
   gpu     a Llama-shaped ~1B model built from a config (ANCHORS.md), bf16, 8 pairs/step, all settings,
           LoRA bf16 and QLoRA 4-bit; also reports model-FLOPs utilisation on useful tokens
   --smoke a few seconds on the tiny model (the CI test)
@@ -48,10 +53,10 @@ from pathlib import Path
 
 # --- settings ----------------------------------------------------------------------------------
 MODES = {
-    "cpu": {"model": "default", "settings": [(400, 200)], "pairs": 2, "precisions": ["float32"],
+    "cpu": {"model": "default", "settings": [(400, 200)], "pairs": 2, "precisions": ["float32", "bf16"],
             "repeats": 3, "warmup": 1, "steps": 3},
     "tiny": {"model": "tiny", "settings": [(400, 200), (1024, 128), (64, 512)], "pairs": 2,
-             "precisions": ["float32"], "repeats": 3, "warmup": 2, "steps": 5},
+             "precisions": ["float32", "bf16"], "repeats": 3, "warmup": 2, "steps": 5},
     "gpu": {"model": "llama1b", "settings": [(400, 200), (1024, 128), (64, 512)], "pairs": 8,
             "precisions": ["lora-bf16", "qlora-4bit"], "repeats": 3, "warmup": 3, "steps": 10},
     "smoke": {"model": "tiny", "settings": [(24, 8)], "pairs": 2, "precisions": ["float32"],
@@ -62,6 +67,7 @@ TRAINERS = {
     "prefopt": {},
     "prefopt_padfree": {"padding_free": True},
     "prefopt_plain": {"prefix_sharing": False},
+    "prefopt_cached": {"precompute_ref_log_probs": True},
     "prefopt_k4": {"responses": 4},
 }
 LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
@@ -116,7 +122,7 @@ def make_model(kind: str, precision: str, device: str):
     if kind == "default":
         import prefopt
 
-        model, _ = prefopt.default_model(dtype=torch.float32)
+        model, _ = prefopt.default_model(dtype=torch.float32 if precision == "float32" else torch.bfloat16)
         return model, sum(p.numel() for p in model.parameters())
     torch.manual_seed(0)
     config = LlamaConfig(**(LLAMA_1B if kind == "llama1b" else TINY), pad_token_id=0, eos_token_id=1, bos_token_id=1)
@@ -280,9 +286,12 @@ def summarise(runs: list[dict], mode: str, gpu_name: str | None) -> list[dict]:
     return rows
 
 
-def write_report(rows: list[dict], runs: list[dict], mode: str, info: dict, settings: dict, output: Path) -> None:
+def write_report(rows: list[dict], runs: list[dict], mode: str, info: dict, settings: dict, output: Path,
+                 label: str | None = None) -> None:
+    """Writes throughput_<label>.{json,md,png}; the label is the mode, or the mode and the precisions of a run
+    limited to some of them (``--precisions``), so such a run does not overwrite the mode's full results."""
     output.mkdir(parents=True, exist_ok=True)
-    stem = output / f"throughput_{mode}"
+    stem = output / f"throughput_{label or mode}"
     stem.with_suffix(".json").write_text(json.dumps({"settings": settings, "environment": info, "summary": rows,
                                                      "runs": runs}, indent=2))
     lines = [f"Training throughput, mode `{mode}` (median step over up to {settings['repeats']} alternating rounds of "
@@ -337,6 +346,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--repeats", type=int, help="alternating rounds (default: the mode's)")
     parser.add_argument("--steps", type=int, help="timed steps per run (default: the mode's)")
     parser.add_argument("--trainers", default=",".join(TRAINERS), help="comma-separated subset of " + ", ".join(TRAINERS))
+    parser.add_argument("--precisions", help="comma-separated subset of the mode's precisions (default: all of them)")
     parser.add_argument("--output", default=str(OUTPUT))
     parser.add_argument("--report-partial", action="store_true",
                         help="write the report from the runs finished so far (throughput_<mode>.partial.json), "
@@ -350,17 +360,25 @@ def main(argv=None) -> list[dict]:
     settings = dict(MODES[mode])
     settings["repeats"] = args.repeats or settings["repeats"]
     settings["steps"] = args.steps or settings["steps"]
+    label = mode
+    if args.precisions:
+        unknown = set(args.precisions.split(",")) - set(settings["precisions"])
+        if unknown:
+            parser.error(f"unknown precisions {sorted(unknown)} for mode {mode}; choose from {settings['precisions']}")
+        if args.precisions.split(",") != settings["precisions"]:
+            label = "_".join([mode, *args.precisions.split(",")])
+        settings["precisions"] = args.precisions.split(",")
     trainers = args.trainers.split(",")
     unknown = set(trainers) - set(TRAINERS)
     if unknown:
         parser.error(f"unknown trainers {sorted(unknown)}; choose from {list(TRAINERS)}")
     info = environment(mode)
     if args.report_partial:
-        runs = json.loads((Path(args.output) / f"throughput_{mode}.partial.json").read_text())
+        runs = json.loads((Path(args.output) / f"throughput_{label}.partial.json").read_text())
         info["note"] = "report written from a measurement cut short (see `rounds` per figure)"
         settings.update(repeats=max(r["round"] for r in runs) + 1, steps=runs[0]["steps"], warmup=runs[0]["warmup"])
         rows = summarise(runs, mode, info.get("gpu"))
-        write_report(rows, runs, mode, info, settings, Path(args.output))
+        write_report(rows, runs, mode, info, settings, Path(args.output), label)
         return rows
     started, runs = time.time(), []
     for round_index in range(settings["repeats"]):
@@ -376,12 +394,12 @@ def main(argv=None) -> list[dict]:
                     print(f"round {round_index} {precision} {prompt}/{response} {trainer}: "
                           f"{result['median_step_seconds']:.3f} s/step, {result['peak_memory_gib']:.2f} GiB", flush=True)
                     runs.append(result)
-                    write_progress(runs, mode, Path(args.output))
+                    write_progress(runs, label, Path(args.output))
     info["seconds"] = round(time.time() - started, 1)
     info["load_average_at_end"] = os.getloadavg()
     rows = summarise(runs, mode, info.get("gpu"))
-    write_report(rows, runs, mode, info, settings, Path(args.output))
-    (Path(args.output) / f"throughput_{mode}.partial.json").unlink(missing_ok=True)
+    write_report(rows, runs, mode, info, settings, Path(args.output), label)
+    (Path(args.output) / f"throughput_{label}.partial.json").unlink(missing_ok=True)
     return rows
 
 
