@@ -37,7 +37,7 @@ def run_smoke(script, tmp_path, monkeypatch):
 
 # Studies sharing benchmarks/_reporting.py's result layout (seeds, intervals); the others have their own test below.
 STUDIES = ["compare_losses", "fdpg_divergences", "inpo_rounds", "kwise_efficiency", "noise_robustness", "rpo_overoptimisation"]
-OWN_SMOKE_TESTS = ["large_source_memory", "throughput"]
+OWN_SMOKE_TESTS = ["gpu_check", "large_source_memory", "throughput"]
 
 
 def test_every_script_is_covered():
@@ -325,3 +325,76 @@ def test_throughput_smoke_runs_both_trainers_and_reports(tmp_path, monkeypatch):
     assert (tmp_path / "throughput_smoke.md").read_text().startswith("Training throughput")
     assert (tmp_path / "throughput_smoke.png").stat().st_size > 0
     assert not (tmp_path / "throughput_smoke.partial.json").exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_part_and_reports_numbers(tmp_path, monkeypatch, capsys):
+    """The GPU check's CI mode: every part on the CPU with the tiny model (4-bit through bitsandbytes' CPU backend)."""
+    pytest.importorskip("matplotlib")
+    benchmark = load("gpu_check", monkeypatch)
+    report = benchmark.main(["--smoke", "--output", str(tmp_path)])
+    failed = {name: part["traceback"] for name, part in report["parts"].items() if not part["ok"]}
+    assert not failed and report["ok"] and report["failed"] == [], failed
+    saved = json.loads((tmp_path / "gpu_check.json").read_text(), parse_constant=reject_nan)
+    assert list(saved["parts"]) == list(benchmark.PARTS) and saved["ok"] is True
+    parts = saved["parts"]
+    assert all(part["ok"] and part["seconds"] >= 0 and part["error"] is None for part in parts.values())
+
+    rows = parts["throughput"]["result"]["summary"]
+    assert {(r["comparison"], r["precision"], r["config"]) for r in rows} == {
+        (comparison, precision, config) for comparison, (baseline, candidate, _) in benchmark.COMPARISONS.items()
+        for precision in benchmark.SMOKE["precisions"] for config in (baseline, candidate)}
+    assert all(r["pairs_per_second"] > 0 and r["peak_memory_gib"] > 0 for r in rows)
+    candidates = [r for r in rows if r["role"] == "candidate"]
+    assert all(r["vs_baseline"] > 0 and isinstance(r["target_met"], bool) for r in candidates)
+    by_config = {(r["precision"], r["config"]): r for r in rows}
+    for precision in benchmark.SMOKE["precisions"]:  # each configuration ran as configured
+        assert by_config[(precision, "trl_default")]["gradient_checkpointing_active"]  # TRL's default
+        assert not by_config[(precision, "trl")]["gradient_checkpointing_active"]
+        assert by_config[(precision, "prefopt_best")]["reference_precomputed"]
+        assert not by_config[(precision, "prefopt")]["reference_precomputed"]
+
+    packing = parts["packing"]["result"]
+    assert packing["packing_fallback"] is None
+    for difference in [layout["packed_vs_plain"] for layout in packing["layouts"].values()] + [packing["plain_vs_plain_padded"]]:
+        assert 0 <= difference["mean"] <= difference["max"] < 0.1 and difference["tokens"] > 0
+
+    generated = parts["generate_4bit"]["result"]
+    assert generated["linear4bit_layers"] > 0 and generated["samples_per_second"] > 0
+    assert generated["prompts"] == benchmark.SMOKE["generate_prompts"] and generated["n"] == benchmark.SMOKE["generate_n"]
+
+    metrics = parts["online_round"]["result"]["metrics"]
+    assert set(metrics) == set(benchmark.ROUND_METRICS) and metrics["round"] == 1 and metrics["pairs"] > 0
+    assert all(isinstance(value, (int, float)) for value in metrics.values())
+
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert table.startswith("GPU check, smoke") and "| best_vs_default | qlora-4bit |" in table
+    assert (tmp_path / "gpu_check.png").read_bytes()[:4] == b"\x89PNG"
+
+    # the internal --job entry point of a throughput subprocess: one configuration, its result as the last line
+    capsys.readouterr()
+    job = {"model": "tiny", "device": "cpu", "prompt": 8, "response": 4, "pairs": 2, "warmup": 1, "steps": 1,
+           "config": "prefopt", "precision": "lora-bf16", "round": 0}
+    benchmark.main(["--job", json.dumps(job)])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["config"] == "prefopt" and result["median_step_seconds"] > 0
+
+
+def test_gpu_check_fails_loudly_and_still_runs_every_part(tmp_path, monkeypatch):
+    """A part that raises is reported with its traceback, the other parts still run, and the report says so."""
+    pytest.importorskip("matplotlib")
+    benchmark = load("gpu_check", monkeypatch)
+    ran = []
+
+    def broken(settings, device):
+        ran.append("packing")
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setattr(benchmark, "check_packing", broken)
+    monkeypatch.setattr(benchmark, "check_generate", lambda settings, device: ran.append("generate_4bit") or {})
+    monkeypatch.setattr(benchmark, "environment", lambda device: {"device": device})
+    report = benchmark.main(["--smoke", "--output", str(tmp_path), "--parts", "packing,generate_4bit"])
+    assert ran == ["packing", "generate_4bit"] and report["failed"] == ["packing"] and not report["ok"]
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert "planted failure" in saved["parts"]["packing"]["traceback"] and saved["parts"]["generate_4bit"]["ok"]
+    assert "FAILED: packing" in (tmp_path / "gpu_check.md").read_text()
