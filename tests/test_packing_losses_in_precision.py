@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import LoraConfig
-
 from helpers_trainer import config_kwargs, make_model, make_tokenizer
-from prefopt import PrefOptConfig, Trainer
+from peft import LoraConfig
 from prefopt.losses import get_loss, list_losses
 from test_packing import _dataset_for, _offline_servable, _per_example_losses_and_grads
 from test_packing_precision import PRECISIONS, precision_model
+
+from prefopt import PrefOptConfig, Trainer
 
 SPREAD_FACTOR = 4.0
 FLOOR_EPS = 16.0

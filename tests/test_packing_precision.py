@@ -17,9 +17,9 @@ import random
 import pytest
 import torch
 from datasets import Dataset
+from helpers_trainer import WORDS, config_kwargs, make_model, make_tokenizer
 from peft import LoraConfig
 
-from helpers_trainer import WORDS, config_kwargs, make_model, make_tokenizer
 from prefopt import PrefOptConfig, Trainer
 from prefopt.training import packing, packing_check
 
@@ -192,7 +192,7 @@ def default_model_and_words():
     import prefopt
 
     model, tokenizer = prefopt.default_model(dtype=torch.float32)
-    words = [w for w in "the model reads a prompt and writes an answer that a reader prefers over another one".split()]
+    words = "the model reads a prompt and writes an answer that a reader prefers over another one".split()  # noqa: SIM905
     return model, tokenizer, words
 
 

@@ -173,7 +173,9 @@ def _twin_layers(text_config) -> int:
 
 def twin_mismatch_reason(twin, batch: dict, layout: packing.PackedLayout) -> str | None:
     """Packed vs plain on the float32 twin, the batch's tokens renumbered into the twin's vocabulary."""
-    from trl.trainer.utils import add_fused_lm_head  # deferred: importing TRL takes seconds (start-up time)
+    from trl.trainer.utils import (
+        add_fused_lm_head,  # deferred: importing TRL takes seconds (start-up time)
+    )
 
     device = twin.get_output_embeddings().weight.device
     tokens = torch.unique(torch.cat([batch["input_ids"].reshape(-1).cpu(), layout.input_ids.reshape(-1)]))
