@@ -3,9 +3,9 @@ file with one prompt per line (what ``prefopt annotate`` / ``online`` / ``fdpg``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from .loading import _iter_json_lines
 from .tasks import get_task, list_tasks
 
 
@@ -18,18 +18,11 @@ def read_prompts(source: str) -> list:
     path = Path(source)
     if not path.exists():
         raise ValueError(f"--prompts {source!r} is neither a bundled task ({', '.join(list_tasks())}) nor a file")
-    lines = path.read_text(encoding="utf-8").splitlines()
     if path.suffix != ".jsonl":
-        return [line for line in lines if line.strip()]
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     prompts = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {number}: not JSON ({error.msg})") from None
-        if not isinstance(row, dict) or "prompt" not in row:
-            raise ValueError(f"{path}, line {number}: no 'prompt' field")
+    for where, row in _iter_json_lines(path):  # the one JSON-lines reader: errors name the file and the line
+        if "prompt" not in row:
+            raise ValueError(f"{where}: no 'prompt' field")
         prompts.append(row["prompt"])
     return prompts
