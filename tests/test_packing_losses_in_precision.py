@@ -15,6 +15,7 @@ import torch
 from helpers_trainer import config_kwargs, make_model, make_tokenizer
 from peft import LoraConfig
 from prefopt.losses import get_loss, list_losses
+from prefopt.training import packing_check
 from test_packing import _dataset_for, _offline_servable, _per_example_losses_and_grads
 from test_packing_precision import PRECISIONS, precision_model
 
@@ -24,16 +25,6 @@ SPREAD_FACTOR = 4.0
 FLOOR_EPS = 16.0
 DTYPES = {"bf16-autocast": torch.bfloat16, "bf16-weights": torch.bfloat16, "fp16-weights": torch.float16,
           "4bit": torch.bfloat16}
-
-
-def shifted(inputs: dict, extra: int = 5) -> dict:
-    """The batch with every row moved right by ``extra`` padding columns, position ids kept."""
-    moved = dict(inputs)
-    for key in ("input_ids", "attention_mask", "completion_mask"):
-        values = inputs[key]
-        moved[key] = torch.cat([values.new_zeros(values.size(0), extra), values], dim=1)
-    moved["position_ids"] = (moved["attention_mask"].cumsum(1) - 1).clamp(min=0)
-    return moved
 
 
 def assert_within_spread(packed: torch.Tensor, plain: torch.Tensor, other_plain: torch.Tensor, dtype, what: str):
@@ -65,7 +56,7 @@ def test_packed_losses_and_gradients_within_the_precisions_spread(tmp_path, name
     assert trainer.packing_fallback_reason is None, trainer.packing_fallback_reason
     assert trainer.forward.last_layout is not None
     plain_losses, plain_grads = _run(trainer, inputs, prefix_sharing=False)
-    shifted_losses, shifted_grads = _run(trainer, shifted(inputs), prefix_sharing=False)
+    shifted_losses, shifted_grads = _run(trainer, packing_check.shifted_rows(inputs, 5), prefix_sharing=False)
     dtype = DTYPES[precision]
     for component, values in plain_losses.items():
         assert torch.isfinite(values).all(), component

@@ -123,7 +123,7 @@ def test_the_training_precision_check_catches_what_the_twin_cannot_see(tmp_path,
     original = packing.packed_forward
 
     def leaky_on_the_real_model(model, layout, **kwargs):
-        if not getattr(packing._causal_lm(model), "_prefopt_fused_head", False):  # not the twin
+        if packing._causal_lm(model) not in trainer.forward._twins.values():  # the real model, not its twin
             layout = copy.copy(layout)
             layout.segment_ids = torch.zeros_like(layout.segment_ids)
         return original(model, layout, **kwargs)

@@ -127,14 +127,18 @@ def _scored_difference(a: torch.Tensor, b: torch.Tensor, completion_mask: torch.
 def shifted_plain_logps(model, batch: dict, width: int) -> torch.Tensor:
     """The plain path's per-token log-probs [N, L-1] of ``batch`` with every row moved right by left padding to
     at least ``width`` columns (16 at least), position ids kept: the same computation at other offsets."""
-    length = batch["input_ids"].size(1)
-    extra = max(width - length, 16)
-    shifted = {}
+    extra = max(width - batch["input_ids"].size(1), 16)
+    return packing.plain_forward_logps(model, shifted_rows(batch, extra))[:, extra:]
+
+
+def shifted_rows(batch: dict, extra: int) -> dict:
+    """``batch`` with every row moved right by ``extra`` left-padding columns, its position ids kept."""
+    shifted = dict(batch)
     for key in ("input_ids", "attention_mask", "completion_mask"):
         values = batch[key]
         shifted[key] = torch.cat([values.new_zeros(values.size(0), extra), values], dim=1)
     shifted["position_ids"] = (shifted["attention_mask"].cumsum(1) - 1).clamp(min=0)
-    return packing.plain_forward_logps(model, shifted)[:, extra:]
+    return shifted
 
 
 # ------------------------------------------------------------------------------------------- the twin
@@ -143,6 +147,8 @@ def shifted_plain_logps(model, batch: dict, width: int) -> torch.Tensor:
 def float32_twin(model) -> PreTrainedModel:
     """A float32 model of ``model``'s class and configuration with random weights and few layers (module
     docstring), on the LM head's device; the global random state is left as it was."""
+    from trl.trainer.utils import add_fused_lm_head  # deferred: importing TRL takes seconds (start-up time)
+
     causal_lm = packing._causal_lm(model)
     config = copy.deepcopy(causal_lm.config)
     for name in ("quantization_config", "_pre_quantization_dtype"):
@@ -159,7 +165,9 @@ def float32_twin(model) -> PreTrainedModel:
         torch.manual_seed(0)
         twin = type(causal_lm)._from_config(config, attn_implementation=causal_lm.config._attn_implementation,
                                             dtype=torch.float32)
-    return twin.to(device).eval().requires_grad_(False)
+    twin = twin.to(device).eval().requires_grad_(False)
+    add_fused_lm_head(twin)  # scored like the real model; the head is looked up per call, so resizing keeps it
+    return twin
 
 
 def _twin_layers(text_config) -> int:
@@ -173,18 +181,11 @@ def _twin_layers(text_config) -> int:
 
 def twin_mismatch_reason(twin, batch: dict, layout: packing.PackedLayout) -> str | None:
     """Packed vs plain on the float32 twin, the batch's tokens renumbered into the twin's vocabulary."""
-    from trl.trainer.utils import (
-        add_fused_lm_head,  # deferred: importing TRL takes seconds (start-up time)
-    )
-
     device = twin.get_output_embeddings().weight.device
     tokens = torch.unique(torch.cat([batch["input_ids"].reshape(-1).cpu(), layout.input_ids.reshape(-1)]))
     renumber = torch.full((int(tokens.max()) + 1,), -1, dtype=torch.long)
     renumber[tokens] = torch.arange(tokens.numel())
     _fit_vocabulary(twin, tokens.numel())
-    if not getattr(twin, "_prefopt_fused_head", False):
-        add_fused_lm_head(twin)
-        twin._prefopt_fused_head = True
     twin_batch = {key: batch[key].to(device) for key in ("attention_mask", "completion_mask")}
     twin_batch["input_ids"] = renumber[batch["input_ids"].cpu()].to(device)
     twin_layout = copy.copy(layout)
